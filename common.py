@@ -1,0 +1,108 @@
+"""What every script shares: one-line errors, atomic writes, the device, the checkpoint format."""
+import os
+import sys
+import tempfile
+
+import torch
+import torchvision
+
+from models import MODEL_NAMES, ModelConfig, build_model
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class UserError(Exception):
+    """A problem the user can fix: printed as one line, exit code 1, no traceback."""
+
+
+def run_cli(main):
+    """Call main() and turn UserError (and Ctrl-C) into a one-line message and exit code."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+def atomic_write(path, write, mode="wb"):
+    """Write via a temporary file in the same folder and rename it, so no reader ever sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror}")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise UserError(f"could not write {path}: {e.strerror or e}; the previous file is untouched")
+        raise
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def checkpoint_path(out, model, latent, seed=0):
+    """One file per run, e.g. output/VAE/VAE_latent_20.pt (seeds other than 0 get a suffix)."""
+    name = MODEL_NAMES[model]
+    suffix = "" if seed == 0 else f"_seed_{seed}"
+    return os.path.join(out, name, f"{name}_latent_{latent}{suffix}.pt")
+
+
+def save_checkpoint(path, checkpoint):
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def versions():
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+def load_checkpoint(path, device="cpu"):
+    """Load a checkpoint of this repository's format and rebuild its model (in eval mode).
+
+    Only plain data is read (weights_only=True), so a file carrying pickled code is refused
+    instead of executed.
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}")
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint of this repository ({reason[:200]}); "
+                        "delete it and re-run train.py")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} was not written by this repository's train.py")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; re-run train.py to regenerate it")
+    try:
+        config = ModelConfig(**ckpt["config"])
+        model = build_model(config).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(f"{path} does not match the model it describes ({reason[:200]})")
+    return ckpt, model.eval()
+
+
+CHECKPOINT_FORMAT = "mnist-vae-study/1"
+CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "split_seed", "rng", "versions")

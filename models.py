@@ -1,0 +1,100 @@
+"""The study's two models, fully connected Autoencoder and VAE, and their loss."""
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
+
+
+@dataclass
+class ModelConfig:
+    model: str = "vae"  # "ae" or "vae"
+    latent: int = 20
+    hidden: tuple = (784, 784)  # encoder widths; the decoder mirrors them
+    input_dim: int = 784  # 28 x 28 pixels
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)  # checkpoints store it as a list
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}")
+        if self.latent < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError("layer sizes must be positive")
+
+    def to_dict(self):
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+def mlp(sizes):
+    """Linear layers with a ReLU between each pair (none after the last)."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        widths = [config.input_dim, *config.hidden]
+        # No activation on the code: the study's ReLU there silenced latent dimensions.
+        self.encoder = mlp(widths + [self.code_size()])
+        self.decoder = mlp([config.latent, *reversed(widths)])
+
+    def code_size(self):
+        return self.config.latent
+
+    def encode(self, x):
+        """The code's mean and log-variance; a deterministic code has no variance (None)."""
+        return self.encoder(x), None
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x, sample=True):
+        mu, logvar = self.encode(x)
+        z = mu if logvar is None or not sample else reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+class VAE(Autoencoder):
+    def code_size(self):
+        return 2 * self.config.latent  # mean and log-variance of q(z|x)
+
+    def encode(self, x):
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+
+def reparameterize(mu, logvar):
+    """z = mu + sigma * eps: a sample of N(mu, sigma^2) through which gradients reach mu and sigma."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def build_model(config):
+    return {"ae": Autoencoder, "vae": VAE}[config.model](config)
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, sigma^2) || N(0, I)) per image, summed over latent dimensions (closed form)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+
+
+def loss_terms(x, x_hat, mu, logvar, recon="mse", beta=1.0):
+    """The training objective and what is logged.
+
+    Returns (loss, squared_error, kl): loss is the batch mean of reconstruction + beta * KL, where
+    reconstruction is summed over the 784 pixels of each image (squared error, or binary cross
+    entropy with recon="bce"); squared_error and kl are per-image sums, shape (batch,).
+    """
+    squared_error = (x_hat - x).pow(2).sum(dim=1)
+    kl = kl_divergence(mu, logvar) if logvar is not None else torch.zeros_like(squared_error)
+    if recon == "mse":
+        reconstruction = squared_error
+    elif recon == "bce":
+        reconstruction = F.binary_cross_entropy(x_hat, x, reduction="none").sum(dim=1)
+    else:
+        raise ValueError(f"unknown reconstruction loss {recon!r}")
+    return (reconstruction + beta * kl).mean(), squared_error, kl

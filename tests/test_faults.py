@@ -1,0 +1,151 @@
+"""Each fault is injected for real and the test checks that nothing already saved was lost."""
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+import evaluate
+import train
+from common import UserError, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu", "--model", "vae", "--latent", "2"]
+
+
+def small_run(mnist_dir, out, *extra):
+    train.main(["--data-dir", mnist_dir, "--out", str(out), *SMALL, *extra])
+    return out / "VAE" / "VAE_latent_2.pt"
+
+
+def start_cli(mnist_dir, out, *extra):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", mnist_dir,
+                             "--out", str(out), *SMALL, *extra], stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(path, proc, timeout=120):
+    """Wait until the running process has saved at least one epoch."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint appeared; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_path):
+    path = tmp_path / "killed" / "VAE" / "VAE_latent_2.pt"
+    proc = start_cli(mnist_dir, tmp_path / "killed", "--epochs", "200")
+    wait_for_epoch(path, proc)
+    time.sleep(0.3)  # land somewhere inside a later epoch or save
+    proc.kill()
+    proc.wait()
+    ckpt, _ = load_checkpoint(str(path))
+    assert 1 <= ckpt["epoch"] < 200
+    epochs = ckpt["epoch"] + 2
+    small_run(mnist_dir, tmp_path / "killed", "--epochs", str(epochs), "--resume")
+    reference = small_run(mnist_dir, tmp_path / "straight", "--epochs", str(epochs))
+    resumed, straight = torch.load(path, weights_only=True), torch.load(reference, weights_only=True)
+    assert resumed["history"]["val_mse"] == straight["history"]["val_mse"]
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+
+
+def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path):
+    proc = start_cli(mnist_dir, tmp_path, "--epochs", "200")
+    wait_for_epoch(tmp_path / "VAE" / "VAE_latent_2.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "--resume" in err
+    load_checkpoint(str(tmp_path / "VAE" / "VAE_latent_2.pt"))
+    small_run(mnist_dir, tmp_path, "--epochs", "1", "--resume")  # already past epoch 1: nothing to do
+    before = (tmp_path / "VAE" / "VAE_latent_2.pt").read_bytes()
+    small_run(mnist_dir, tmp_path, "--epochs", "1", "--resume")
+    assert (tmp_path / "VAE" / "VAE_latent_2.pt").read_bytes() == before
+
+
+def test_pickled_code_is_refused_not_run(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "VAE" / "VAE_latent_20.pt"
+    path.parent.mkdir()
+    torch.save({"format": common.CHECKPOINT_FORMAT, "model": Payload()}, path)
+    with pytest.raises(UserError, match="VAE_latent_20.pt is not a readable checkpoint"):
+        evaluate.main(["--out", str(tmp_path), "--device", "cpu"])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.pop("history"), "lacks history"),
+    (lambda c: c["model"].__setitem__("encoder.0.weight", torch.zeros(3, 3)), "does not match the model"),
+    (lambda c: c["config"].__setitem__("model", "gan"), "does not match the model"),
+    (lambda c: c.__setitem__("format", "something else"), "not written by this repository"),
+])
+def test_damaged_checkpoints_are_refused_by_name(mnist_dir, tmp_path, damage, message):
+    path = small_run(mnist_dir, tmp_path, "--epochs", "1")
+    ckpt = torch.load(path, weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match=f"VAE_latent_2.pt.*{message}"):
+        load_checkpoint(str(path))
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(mnist_dir, tmp_path, monkeypatch):
+    path = small_run(mnist_dir, tmp_path, "--epochs", "1")
+    good = path.read_bytes()
+    calls = {"n": 0}
+    real_loss_terms = train.loss_terms
+
+    def poisoned(*a, **k):  # the 3rd batch of the resumed epoch blows up
+        calls["n"] += 1
+        loss, se, kl = real_loss_terms(*a, **k)
+        return (loss * float("nan") if calls["n"] == 3 else loss), se, kl
+
+    monkeypatch.setattr(train, "loss_terms", poisoned)
+    with pytest.raises(UserError, match=r"non-finite at epoch 2, batch 3; the last good checkpoint .* epoch 1\) is kept"):
+        small_run(mnist_dir, tmp_path, "--epochs", "3", "--resume")
+    assert path.read_bytes() == good
+
+
+def test_huge_learning_rate_exits_non_zero_without_traceback(mnist_dir, tmp_path):
+    proc = start_cli(mnist_dir, tmp_path, "--epochs", "3", "--lr", "1e6")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "non-finite at epoch 1" in err and "nothing was saved" in err
+
+
+def test_full_disk_during_save_keeps_previous_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    path = small_run(mnist_dir, tmp_path, "--epochs", "1")
+    good = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(common.torch, "save", disk_full)
+    with pytest.raises(UserError, match="No space left on device.*previous file is untouched"):
+        small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")
+    assert path.read_bytes() == good
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_second_writer_of_the_same_run_is_refused(mnist_dir, tmp_path):
+    path = small_run(mnist_dir, tmp_path, "--epochs", "1")
+    good = path.read_bytes()
+    with open(path.parent / ".VAE_latent_2.pt.lock", "a") as held:  # as a first train.py holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another process is training"):
+            small_run(mnist_dir, tmp_path, "--epochs", "2")
+    assert path.read_bytes() == good
+    small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")  # free again once released
+    assert torch.load(path, weights_only=True)["epoch"] == 2

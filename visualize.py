@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from common import UserError, load_all_checkpoints, pick_device, run_cli, save_figure
 from data import load_splits
-from evaluate import select_latent
+from evaluate import encode_means, latent_prior, reconstruct, select_latent
 from models import MODEL_NAMES
 
 DPI = 100
@@ -68,11 +68,6 @@ def decode(model, z):
     return model.eval().decode(z)
 
 
-@torch.no_grad()
-def reconstruct(model, x):
-    return model.eval()(x, sample=False)[0]
-
-
 def comparison_indices(labels, per_digit=PER_DIGIT):
     """The first `per_digit` test images of every digit, in digit order."""
     return torch.cat([(labels == d).nonzero().flatten()[:per_digit] for d in range(10)])
@@ -99,19 +94,6 @@ def plot_reconstruction_grid(model, latent, x, path):
     plt.close(fig)
 
 
-def prior(model, train_x):
-    """Where decoding samples come from: N(0, I) for the VAE, whose KL term pulls its codes there;
-    for the Autoencoder a Gaussian fitted to its training codes, so that the two compare fairly."""
-    latent = model.config.latent
-    if model.config.model == "vae":
-        return torch.zeros(latent, device=train_x.device), torch.eye(latent, device=train_x.device)
-    with torch.no_grad():
-        codes = torch.cat([model.eval().encode(xb)[0] for xb in train_x.split(10000)]).double()
-    mean, cov = codes.mean(0), torch.cov(codes.T).reshape(latent, latent)
-    scale = torch.linalg.cholesky(cov + 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=cov.device))
-    return mean.float(), scale.float()
-
-
 def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
     """Left: the latent-2 decoder over a grid of Gaussian quantiles. Right: decoded random samples."""
     panels = [m for m in (manifold_model, sample_model) if m is not None]
@@ -120,19 +102,65 @@ def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
     name = MODEL_NAMES[panels[0].config.model]
     source = "N(0, I)" if panels[0].config.model == "vae" else "a Gaussian fitted to the training codes"
     if manifold_model is not None:
-        mean, scale = prior(manifold_model, train_x)
+        mean, scale = latent_prior(manifold_model, train_x)
         q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, GRID_SIDE))
         # rows run from high to low second coordinate, so the picture reads like a plot
         grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2).to(mean.device)
         images = decode(manifold_model, mean + grid @ scale.T)
         show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: decoder over 5%-95% quantiles of {source}")
     if sample_model is not None:
-        mean, scale = prior(sample_model, train_x)
+        mean, scale = latent_prior(sample_model, train_x)
         eps = torch.randn(100, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
         images = decode(sample_model, mean + eps @ scale.T)
         show_grid(axes.pop(0), images, nrow=10,
                   title=f"latent {sample_model.config.latent}: 100 decoded samples of {source}")
     fig.suptitle(f"{name}: decoding")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_latent_space(runs, x, labels, path):
+    """Test codes in 2-D coloured by digit: latent 2 as it is, larger codes by their first two
+    principal components."""
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows + 0.5), dpi=DPI, squeeze=False)
+    for ax, (_, ckpt, model) in zip(axes.flat, runs):
+        codes = encode_means(model, x).double()
+        latent = codes.shape[1]
+        if latent > 2:
+            centred = codes - codes.mean(0)
+            codes = centred @ torch.linalg.svd(centred, full_matrices=False)[2][:2].T
+        points = ax.scatter(*codes.T.cpu().numpy(), c=labels.cpu().numpy(), cmap="tab10", s=1, alpha=0.5,
+                            vmin=-0.5, vmax=9.5, rasterized=True)
+        ax.set(title=f"latent {latent}" + (" (first 2 principal components)" if latent > 2 else ""),
+               xlabel="PC 1" if latent > 2 else "z 1", ylabel="PC 2" if latent > 2 else "z 2")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    name = MODEL_NAMES[runs[0][1]["config"]["model"]]
+    fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if name == "VAE" else ""))
+    fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.8)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
+STEPS = 10
+
+
+def plot_interpolation(model, x, labels, path):
+    """Decoded straight lines in latent space between the codes of pairs of test digits."""
+    first = {d: x[(labels == d).nonzero()[0, 0]] for d in range(10)}
+    starts = encode_means(model, torch.stack([first[a] for a, _ in INTERPOLATION_PAIRS]))
+    ends = encode_means(model, torch.stack([first[b] for _, b in INTERPOLATION_PAIRS]))
+    t = torch.linspace(0, 1, STEPS, device=x.device)[None, :, None]
+    path_codes = (starts[:, None] * (1 - t) + ends[:, None] * t).reshape(-1, starts.shape[1])
+    images = decode(model, path_codes)
+    fig, ax = plt.subplots(figsize=(8, 0.8 * len(INTERPOLATION_PAIRS) + 0.8), dpi=DPI)
+    name = MODEL_NAMES[model.config.model]
+    show_grid(ax, images, nrow=STEPS, row_labels=[f"{a} to {b}" for a, b in INTERPOLATION_PAIRS],
+              title=f"{name}, latent {model.config.latent}: decoded straight lines between test digits")
     save_figure(fig, path)
     plt.close(fig)
 
@@ -197,6 +225,8 @@ def main(argv=None):
         manifold = by_latent[2][1] if 2 in by_latent else None
         sampled = model if selected != 2 or manifold is None else None
         plot_decoding_grid(manifold, sampled, splits["train"][0], args.seed, os.path.join(folder, "decoding_grid.jpg"))
+        plot_latent_space(mine, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
+        plot_interpolation(model, test_x, test_y, os.path.join(folder, "interpolation.jpg"))
     print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE")
 
 

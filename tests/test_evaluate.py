@@ -35,6 +35,7 @@ def outputs(trained, tmp_path):
 
 
 def run_evaluate(mnist_dir, out, *extra):
+    extra = extra or ("--no-classifier",)  # training the classifier on 54k images is for real runs
     evaluate.main(["--out", str(out), "--data-dir", mnist_dir, "--device", "cpu", *extra])
     with open(out / "results.json") as f:
         return json.load(f)
@@ -62,13 +63,13 @@ def test_per_digit_mse_matches_independent_computation(mnist_dir, outputs):
         ("Autoencoder", 2), ("Autoencoder", 3), ("VAE", 2), ("VAE", 3)}
     assert set(results["selection"]) == {"Autoencoder", "VAE"}
     table = (outputs / "results.md").read_text()
-    assert table.count("\n| VAE |") == 2 and "digit 9" in table
+    assert table.count("\n| VAE | 2 |") == 2 and "| model | latent | 0 | 1 |" in table
 
 
 def test_sampled_z_is_seeded(mnist_dir, outputs):
     first = run_evaluate(mnist_dir, outputs)
     again = run_evaluate(mnist_dir, outputs)
-    other = run_evaluate(mnist_dir, outputs, "--seed", "1")
+    other = run_evaluate(mnist_dir, outputs, "--seed", "1", "--no-classifier")
     vae = lambda r: [e["test_sampled"]["mse"] for e in r["runs"] if e["model"] == "VAE"]
     assert vae(first) == vae(again) and vae(first) != vae(other)
 
@@ -88,7 +89,7 @@ def test_multi_seed_summary_has_mean_and_spread():
     assert row["seeds"] == [0, 1, 2]
     assert row["test_mse"] == pytest.approx(0.02) and row["test_mse_std"] == pytest.approx(0.01)
     assert row["test_mse_per_digit_std"] == pytest.approx([0.01] * 10)
-    assert "0.0200 ± 0.0100" in evaluate.markdown_table([row])
+    assert "0.0200 ± 0.0100" in evaluate.markdown_tables([row])
 
 
 def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
@@ -104,9 +105,28 @@ def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
     assert results["selection"]["VAE"]["selected"] == 3
 
 
+def test_classifier_measurements(mnist_dir, outputs):
+    """With a (quickly trained) cached classifier: accuracy on reconstructions, Frechet distances."""
+    import classifier
+    splits = load_splits(mnist_dir, 0, "cpu", limit=1000)
+    _, test_accuracy = classifier.load_or_train(str(outputs / "classifier.pt"), splits, 0, epochs=1)
+    results = run_evaluate(mnist_dir, outputs, "--seed", "0")
+    assert results["classifier"]["test_accuracy"] == test_accuracy
+    floor = results["classifier"]["frechet_floor_val_vs_test"]
+    for entry in results["runs"]:
+        assert 0 <= entry["classifier_accuracy"] <= 1
+        assert entry["frechet_distance"] > floor >= 0, "tiny models generate worse than real images"
+        assert ("active_units" in entry) == (entry["model"] == "VAE")
+        assert 0 <= entry.get("active_units", 0) <= entry["latent"]
+    for name in ("classifier_accuracy.jpg", "frechet_distance.jpg", "VAE/active_units.jpg"):
+        with Image.open(outputs / name) as image:
+            assert image.format == "JPEG" and image.size == (700, 450)
+
+
 EXPECTED_FIGURES = {
     "class_results_MSE.jpg": (700, 450), "train_MSE.jpg": (700, 450), "val_MSE.jpg": (700, 450),
     "comparison_1.jpg": (1000, 210), "reconstruction_grid.jpg": (1000, 540), "decoding_grid.jpg": (1080, 560),
+    "latent_space.jpg": (840, 450), "interpolation.jpg": (800, 480),
 }
 
 
@@ -117,7 +137,7 @@ def test_visualize_writes_every_figure(mnist_dir, outputs):
         selected = results["selection"][model]["selected"]
         expected = {**EXPECTED_FIGURES, f"train_val_latent_{selected}_MSE.jpg": (700, 450)}
         if model == "VAE":
-            expected["validation_KL_Divergence.jpg"] = (700, 450)
+            expected.update({"validation_KL_Divergence.jpg": (700, 450), "active_units.jpg": (700, 450)})
         if selected == 2:  # the manifold already shows latent 2: no second panel
             expected["decoding_grid.jpg"] = (540, 560)
         found = {p.name for p in (outputs / model).glob("*.jpg")}

@@ -1,0 +1,105 @@
+"""A small digit classifier, the measuring instrument for what reconstructions and samples keep.
+
+Trained once on the 54k training split and cached as output/classifier.pt; evaluate.py uses its
+accuracy on reconstructions and its penultimate features for a Frechet distance (the in-domain
+analogue of FID).
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import UserError, atomic_write, versions
+
+CLASSIFIER_FORMAT = "mnist-vae-study/classifier/1"
+
+
+class DigitCNN(nn.Module):
+    def __init__(self, features=128):
+        super().__init__()
+        # small on purpose: it runs over 20,000 images per checkpoint evaluated
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 26 -> 13
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # 13 -> 11 -> 5
+            nn.Flatten(), nn.Linear(32 * 5 * 5, features), nn.ReLU())
+        self.head = nn.Linear(features, 10)
+
+    def features(self, x):
+        """Penultimate-layer features of flat (N, 784) images in [0, 1]."""
+        return self.body(x.reshape(-1, 1, 28, 28))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def features(model, x, batch_size=5000):
+    model.eval()
+    return torch.cat([model.features(xb) for xb in x.split(batch_size)])
+
+
+def accuracy(model, x, labels, x_features=None):
+    """Fraction of x classified as labels (pass x_features when they are at hand already)."""
+    with torch.no_grad():
+        logits = model.eval().head(features(model, x) if x_features is None else x_features)
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
+    """Adam on shuffled mini-batches, the learning rate decaying by 0.6 per epoch."""
+    torch.manual_seed(seed)
+    model = DigitCNN().to(x.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.6)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc="digit classifier", unit="epoch", leave=False):
+        model.train()
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        for idx in order.split(batch_size):
+            loss = F.cross_entropy(model(x[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+def load_or_train(path, splits, split_seed, epochs=6):
+    """The cached classifier at path, or a new one trained on the training split and saved there."""
+    if os.path.exists(path):
+        try:
+            ckpt = torch.load(path, map_location=splits["test"][0].device, weights_only=True)
+            if ckpt["format"] != CLASSIFIER_FORMAT:
+                raise ValueError("another program's file")
+            model = DigitCNN().to(splits["test"][0].device)
+            model.load_state_dict(ckpt["model"])
+        except Exception:
+            raise UserError(f"{path} is not a readable classifier checkpoint: delete it and it will be retrained")
+        if ckpt["split_seed"] != split_seed:
+            raise UserError(f"{path} was trained on split seed {ckpt['split_seed']}, not {split_seed}: delete it")
+        return model.eval(), ckpt["test_accuracy"]
+    model = train_classifier(*splits["train"], epochs=epochs)
+    test_accuracy = accuracy(model, *splits["test"])
+    checkpoint = {"format": CLASSIFIER_FORMAT, "model": model.state_dict(), "split_seed": split_seed,
+                  "epochs": epochs, "test_accuracy": test_accuracy, "versions": versions()}
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    return model, test_accuracy
+
+
+def frechet_distance(features_a, features_b):
+    """Frechet distance between Gaussians fitted to two feature sets (N, D):
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)."""
+    stats = [(f.double().mean(0), torch.cov(f.double().T)) for f in (features_a, features_b)]
+    return frechet_from_moments(*stats[0], *stats[1])
+
+
+def frechet_from_moments(mu_a, cov_a, mu_b, cov_b):
+    def sqrt_psd(m):
+        values, vectors = torch.linalg.eigh(m)
+        return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+    root_a = sqrt_psd(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()

@@ -1,0 +1,95 @@
+"""The measurements that go beyond the study: active units, the classifier, the Frechet distance."""
+import pytest
+import torch
+
+import classifier
+import evaluate
+import visualize
+from models import ModelConfig, build_model
+
+
+def test_active_units_on_hand_made_means():
+    torch.manual_seed(0)
+    n = 5000
+    means = torch.stack([torch.randn(n) * 1.0,  # variance 1: active
+                         torch.randn(n) * 0.2,  # variance 0.04: active
+                         torch.randn(n) * 0.05,  # variance 0.0025: inactive
+                         torch.full((n,), 3.0)], dim=1)  # constant, however far from 0: inactive
+    assert evaluate.active_units(means) == 2
+    assert evaluate.active_units(means, threshold=0.001) == 3
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.5])
+    sd_a, sd_b = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([3.0, 1.0, 0.5])
+    expected = ((mu_a - mu_b) ** 2).sum() + ((sd_a - sd_b) ** 2).sum()
+    got = classifier.frechet_from_moments(mu_a.double(), torch.diag(sd_a ** 2).double(),
+                                          mu_b.double(), torch.diag(sd_b ** 2).double())
+    assert got == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_frechet_distance_general_covariances():
+    """tr((A^1/2 B A^1/2)^1/2) equals the sum of square roots of the eigenvalues of A B."""
+    g = torch.Generator().manual_seed(0)
+    m_a, m_b = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 6, generator=g, dtype=torch.float64)
+    cov_a, cov_b = m_a @ m_a.T + 0.1 * torch.eye(6, dtype=torch.float64), m_b @ m_b.T
+    mu_a, mu_b = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    cross = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0).sqrt().sum()
+    expected = ((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    assert classifier.frechet_from_moments(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected.item(), rel=1e-7)
+
+
+def test_frechet_distance_of_identical_and_shifted_feature_sets():
+    feats = torch.randn(2000, 8, generator=torch.Generator().manual_seed(1))
+    assert abs(classifier.frechet_distance(feats, feats)) < 1e-6
+    assert classifier.frechet_distance(feats, feats + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)
+
+
+def test_classifier_training_improves_accuracy(mnist_dir):
+    from data import load_splits
+    splits = load_splits(mnist_dir, 0, "cpu", limit=2000)
+    torch.manual_seed(0)
+    untrained = classifier.accuracy(classifier.DigitCNN(), *splits["val"])
+    trained = classifier.train_classifier(*splits["train"], epochs=2)
+    assert untrained < 0.3 and classifier.accuracy(trained, *splits["val"]) > 0.7
+
+
+def test_cached_classifier_is_reused_and_checked(mnist_dir, tmp_path):
+    from common import UserError
+    from data import load_splits
+    splits = load_splits(mnist_dir, 0, "cpu", limit=300)
+    path = tmp_path / "classifier.pt"
+    _, acc = classifier.load_or_train(str(path), splits, 0, epochs=1)
+    saved = path.read_bytes()
+    _, again = classifier.load_or_train(str(path), splits, 0)
+    assert again == acc and path.read_bytes() == saved
+    with pytest.raises(UserError, match="split seed 0, not 3"):
+        classifier.load_or_train(str(path), splits, 3)
+    path.write_bytes(saved[:100])
+    with pytest.raises(UserError, match="classifier.pt is not a readable classifier"):
+        classifier.load_or_train(str(path), splits, 0)
+
+
+def test_autoencoder_prior_is_fitted_to_its_codes():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="ae", latent=3, hidden=(16,)))
+    x = torch.rand(4000, 784)
+    codes = evaluate.encode_means(model, x)
+    mean, scale = evaluate.latent_prior(model, x)
+    torch.testing.assert_close(mean, codes.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scale @ scale.T, torch.cov(codes.T), atol=1e-5, rtol=1e-3)
+    vae = build_model(ModelConfig(model="vae", latent=3, hidden=(16,)))
+    mean, scale = evaluate.latent_prior(vae, x)
+    assert torch.equal(mean, torch.zeros(3)) and torch.equal(scale, torch.eye(3))
+
+
+@pytest.mark.parametrize("latents", [[2], [2, 5]])
+def test_latent_space_figure(tmp_path, latents):
+    from PIL import Image
+    torch.manual_seed(0)
+    runs = [(None, {"config": {"model": "vae", "latent": n}}, build_model(ModelConfig(latent=n, hidden=(16,))))
+            for n in latents]
+    x, labels = torch.rand(300, 784), torch.arange(300) % 10
+    visualize.plot_latent_space(runs, x, labels, str(tmp_path / "latent_space.jpg"))
+    with Image.open(tmp_path / "latent_space.jpg") as image:
+        assert image.format == "JPEG" and image.size == (420 * len(latents), 450)

@@ -1,4 +1,4 @@
-"""Train the study's Autoencoder and VAE on MNIST, one checkpoint per (model, latent size).
+"""Train the study's Autoencoder and VAE on MNIST, one checkpoint per (model, latent size, seed).
 
     python train.py                          # the whole study: both models, latent 2 5 10 20 50 100
     python train.py --model vae --latent 20  # one run
@@ -121,8 +121,10 @@ def train_run(args, kind, latent, seed, splits, device):
         set_rng_state(ckpt["rng"], generator)
         history, start_epoch = ckpt["history"], ckpt["epoch"]
         if start_epoch >= args.epochs:
-            print(f"{path}: already trained for {start_epoch} epochs, skipped")
-            return path
+            print(f"skipped {path}: already trained for {start_epoch} epochs")
+            return
+    elif os.path.exists(path):
+        print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
     model.train()
     step = make_step(model, optimizer, args.recon, args.beta, args.compile)
     train_x, val_x = splits["train"][0], splits["val"][0]
@@ -151,7 +153,7 @@ def train_run(args, kind, latent, seed, splits, device):
         bar.set_postfix(train_mse=f"{history['train_mse'][-1]:.4f}", val_mse=f"{history['val_mse'][-1]:.4f}",
                         val_kl=f"{history['val_kl'][-1]:.2f}")
     bar.close()
-    return path
+    print(f"saved {path}")
 
 
 def main(argv=None):
@@ -166,8 +168,7 @@ def main(argv=None):
     try:
         for kind, latent, seed in runs:
             with run_lock(checkpoint_path(args.out, kind, latent, seed)):
-                path = train_run(args, kind, latent, seed, splits, device)
-            print(f"saved {path}")
+                train_run(args, kind, latent, seed, splits, device)
     except KeyboardInterrupt:
         raise UserError("interrupted; every finished epoch is saved: add --resume to the same command to continue")
 

@@ -210,7 +210,7 @@ def plot_results(summary, floor, out):
     values = [v for r in summary for v in r["test_mse_per_digit"] if v is not None]
     ylim = (0, max(values, default=1.0) * 1.08)
     for model in models:
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
         for r in (r for r in summary if r["model"] == model):
             means = [float("nan") if v is None else v for v in r["test_mse_per_digit"]]
             spread = r["test_mse_per_digit_std"] if len(r["seeds"]) > 1 and None not in means else None
@@ -227,7 +227,7 @@ def plot_results(summary, floor, out):
         rows = [r for r in summary if r[key] is not None and (only is None or r["model"] == only)]
         if not rows:
             return
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
         for model in sorted({r["model"] for r in rows}):
             mine = [r for r in rows if r["model"] == model]
             ax.errorbar([r["latent"] for r in mine], [r[key] for r in mine], yerr=[r[key + "_std"] for r in mine],

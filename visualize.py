@@ -24,7 +24,7 @@ PER_DIGIT = 2  # test images of each digit in comparison_1.jpg
 
 
 def plot_curves(runs, key, ylabel, title, path, log=True):
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     for ckpt in runs:
         values = ckpt["history"][key]
         ax.plot(range(1, len(values) + 1), values, label=str(ckpt["config"]["latent"]))
@@ -37,7 +37,7 @@ def plot_curves(runs, key, ylabel, title, path, log=True):
 
 def plot_train_val(ckpt, path):
     name, latent = MODEL_NAMES[ckpt["config"]["model"]], ckpt["config"]["latent"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     for split in ("train", "val"):
         values = ckpt["history"][f"{split}_mse"]
         ax.plot(range(1, len(values) + 1), values, label={"train": "training", "val": "validation"}[split])
@@ -63,6 +63,11 @@ def show_grid(ax, images, nrow, title=None, row_labels=None):
         ax.set_title(title, fontsize=10)
 
 
+def grid_height(rows, cols, width):
+    """Inches of figure height that show a rows x cols image grid `width` inches wide, plus a title."""
+    return round(0.5 + width * (rows * 30 + 2) / (cols * 30 + 2), 1)
+
+
 @torch.no_grad()
 def decode(model, z):
     return model.eval().decode(z)
@@ -77,7 +82,7 @@ def plot_comparison(runs, x, path):
     name = MODEL_NAMES[runs[0][1]["config"]["model"]]
     rows = [x] + [reconstruct(model, x) for _, _, model in runs]
     labels = ["original"] + [f"latent {ckpt['config']['latent']}" for _, ckpt, _ in runs]
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 0.6), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(10, grid_height(len(rows), len(x), 8.6)), dpi=DPI, layout="constrained")
     show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
               title=f"{name}: test digits and their reconstructions (z = mu)" if name == "VAE" else
               f"{name}: test digits and their reconstructions")
@@ -87,7 +92,7 @@ def plot_comparison(runs, x, path):
 
 def plot_reconstruction_grid(model, latent, x, path):
     name = MODEL_NAMES[model.config.model]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), dpi=DPI)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), dpi=DPI, layout="constrained")
     show_grid(axes[0], x, nrow=8, title="test images")
     show_grid(axes[1], reconstruct(model, x), nrow=8, title=f"{name} reconstructions, latent {latent}")
     save_figure(fig, path)
@@ -97,7 +102,8 @@ def plot_reconstruction_grid(model, latent, x, path):
 def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
     """Left: the latent-2 decoder over a grid of Gaussian quantiles. Right: decoded random samples."""
     panels = [m for m in (manifold_model, sample_model) if m is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.6), dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.8), dpi=DPI, squeeze=False,
+                             layout="constrained")
     axes = list(axes[0])
     name = MODEL_NAMES[panels[0].config.model]
     source = "N(0, I)" if panels[0].config.model == "vae" else "a Gaussian fitted to the training codes"
@@ -107,14 +113,13 @@ def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
         # rows run from high to low second coordinate, so the picture reads like a plot
         grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2).to(mean.device)
         images = decode(manifold_model, mean + grid @ scale.T)
-        show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: decoder over 5%-95% quantiles of {source}")
+        show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles")
     if sample_model is not None:
         mean, scale = latent_prior(sample_model, train_x)
         eps = torch.randn(100, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
         images = decode(sample_model, mean + eps @ scale.T)
-        show_grid(axes.pop(0), images, nrow=10,
-                  title=f"latent {sample_model.config.latent}: 100 decoded samples of {source}")
-    fig.suptitle(f"{name}: decoding")
+        show_grid(axes.pop(0), images, nrow=10, title=f"latent {sample_model.config.latent}: 100 random samples")
+    fig.suptitle(f"{name}: decoded points of {source}")
     save_figure(fig, path)
     plt.close(fig)
 
@@ -124,7 +129,8 @@ def plot_latent_space(runs, x, labels, path):
     principal components."""
     cols = min(3, len(runs))
     rows = -(-len(runs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows + 0.5), dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows + 0.5), dpi=DPI, squeeze=False,
+                             layout="constrained")
     for ax, (_, ckpt, model) in zip(axes.flat, runs):
         codes = encode_means(model, x).double()
         latent = codes.shape[1]
@@ -140,7 +146,7 @@ def plot_latent_space(runs, x, labels, path):
         ax.axis("off")
     name = MODEL_NAMES[runs[0][1]["config"]["model"]]
     fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if name == "VAE" else ""))
-    fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.8)
+    fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.6)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -157,7 +163,7 @@ def plot_interpolation(model, x, labels, path):
     t = torch.linspace(0, 1, STEPS, device=x.device)[None, :, None]
     path_codes = (starts[:, None] * (1 - t) + ends[:, None] * t).reshape(-1, starts.shape[1])
     images = decode(model, path_codes)
-    fig, ax = plt.subplots(figsize=(8, 0.8 * len(INTERPOLATION_PAIRS) + 0.8), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(8, grid_height(len(INTERPOLATION_PAIRS), STEPS, 7)), dpi=DPI, layout="constrained")
     name = MODEL_NAMES[model.config.model]
     show_grid(ax, images, nrow=STEPS, row_labels=[f"{a} to {b}" for a, b in INTERPOLATION_PAIRS],
               title=f"{name}, latent {model.config.latent}: decoded straight lines between test digits")

@@ -125,8 +125,8 @@ def test_classifier_measurements(mnist_dir, outputs):
 
 EXPECTED_FIGURES = {
     "class_results_MSE.jpg": (700, 450), "train_MSE.jpg": (700, 450), "val_MSE.jpg": (700, 450),
-    "comparison_1.jpg": (1000, 210), "reconstruction_grid.jpg": (1000, 540), "decoding_grid.jpg": (1080, 560),
-    "latent_space.jpg": (840, 450), "interpolation.jpg": (800, 480),
+    "comparison_1.jpg": (1000, 180), "reconstruction_grid.jpg": (1000, 540), "decoding_grid.jpg": (1080, 580),
+    "latent_space.jpg": (840, 450), "interpolation.jpg": (800, 400),
 }
 
 
@@ -139,7 +139,7 @@ def test_visualize_writes_every_figure(mnist_dir, outputs):
         if model == "VAE":
             expected.update({"validation_KL_Divergence.jpg": (700, 450), "active_units.jpg": (700, 450)})
         if selected == 2:  # the manifold already shows latent 2: no second panel
-            expected["decoding_grid.jpg"] = (540, 560)
+            expected["decoding_grid.jpg"] = (540, 580)
         found = {p.name for p in (outputs / model).glob("*.jpg")}
         assert found == set(expected)
         for name, size in expected.items():

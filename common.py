@@ -132,11 +132,21 @@ CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "
 
 
 def load_all_checkpoints(folder, device="cpu"):
-    """Every checkpoint under folder as (path, checkpoint, model), in (model, latent, seed) order."""
+    """Every finished run's checkpoint under folder as (path, checkpoint, model), in (model, latent,
+    seed) order. Unfinished runs (in progress, or interrupted) are left out, with a note."""
     paths = sorted(glob.glob(os.path.join(folder, "*", "*_latent_*.pt")))
     if not paths:
         raise UserError(f"no checkpoints under {folder}: run python train.py first")
-    runs = [(path, *load_checkpoint(path, device)) for path in paths]
+    runs = []
+    for path in paths:
+        ckpt, model = load_checkpoint(path, device)
+        if ckpt["epoch"] < ckpt["args"]["epochs"]:
+            print(f"leaving out {path}: {ckpt['epoch']} of {ckpt['args']['epochs']} epochs "
+                  "(finish it with python train.py ... --resume)", file=sys.stderr)
+        else:
+            runs.append((path, ckpt, model))
+    if not runs:
+        raise UserError(f"no finished runs under {folder}: run python train.py (with --resume to finish them)")
     runs.sort(key=lambda r: (r[1]["config"]["model"], r[1]["config"]["latent"], r[1]["args"]["seed"]))
     return runs
 

@@ -184,3 +184,13 @@ def test_corrupt_results_json_is_named(mnist_dir, outputs):
     with pytest.raises(UserError, match="results.json.*python evaluate.py"):
         visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
     assert (outputs / "results.json").read_text() == ""
+
+
+def test_unfinished_runs_are_left_out(mnist_dir, outputs, capsys):
+    path = outputs / "VAE" / "VAE_latent_3.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["args"]["epochs"] = 50  # as if interrupted after 2 of 50 epochs
+    torch.save(ckpt, path)
+    results = run_evaluate(mnist_dir, outputs)
+    assert ("VAE", 3) not in {(e["model"], e["latent"]) for e in results["runs"]}
+    assert "leaving out" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python visualize.py   # loss curves, reconstructions and decoded samples for every model
 """
 import argparse
+import glob
 import json
 import os
 
@@ -41,7 +42,8 @@ def plot_train_val(ckpt, path):
     for split in ("train", "val"):
         values = ckpt["history"][f"{split}_mse"]
         ax.plot(range(1, len(values) + 1), values, label={"train": "training", "val": "validation"}[split])
-    ax.set(xlabel="epoch", ylabel="MSE per pixel", yscale="log", title=f"{name}, latent {latent}: training vs validation")
+    ylabel = "MSE per pixel" + (", one sampled z" if name == "VAE" else "")  # as training measures it
+    ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=f"{name}, latent {latent}: training vs validation")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     save_figure(fig, path)
@@ -217,8 +219,9 @@ def main(argv=None):
             continue
         folder = os.path.join(args.out, name)
         ckpts = [c for _, c, _ in mine]
-        plot_curves(ckpts, "train_mse", "MSE per pixel", f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
-        plot_curves(ckpts, "val_mse", "MSE per pixel", f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
+        mse = "MSE per pixel" + (", one sampled z" if kind == "vae" else "")
+        plot_curves(ckpts, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
+        plot_curves(ckpts, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
         if kind == "vae":
             plot_curves(ckpts, "val_kl", "KL divergence per image (nats)", "VAE: validation KL divergence",
                         os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
@@ -226,6 +229,8 @@ def main(argv=None):
         by_latent = {c["config"]["latent"]: (c, m) for _, c, m in mine}
         selected = chosen.get(name) if chosen.get(name) in by_latent else max(by_latent)
         ckpt, model = by_latent[selected]
+        for stale in glob.glob(os.path.join(folder, "train_val_latent_*_MSE.jpg")):  # an earlier selection's
+            os.remove(stale)
         plot_train_val(ckpt, os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
         plot_reconstruction_grid(model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
         manifold = by_latent[2][1] if 2 in by_latent else None

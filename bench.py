@@ -49,6 +49,14 @@ def median_seconds(fn, repeats, device):
     return statistics.median(times), times
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def linear_shapes(model):
     return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
@@ -131,14 +139,15 @@ def main(argv=None):
     roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device)
     result = {
         "model": config.to_dict(), "batch_size": args.batch_size, "images_per_epoch": len(train_x),
-        "device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "torch": str(torch.__version__), "repeats": args.repeats,
         "epoch_seconds": ours, "epoch_seconds_all": ours_all,
         "matmul_gflop_per_epoch": flops / 1e9, "matmul_gflops": flops / roof / 1e9, "roofline_seconds": roof,
         "fraction_of_roofline": roof / ours,
     }
     print(f"model {config.model} {config.input_dim}-{'-'.join(map(str, config.hidden))}-{config.latent}, "
-          f"batch {args.batch_size}, {len(train_x)} images/epoch, {device}, {torch.get_num_threads()} threads")
+          f"batch {args.batch_size}, {len(train_x)} images/epoch, {device} ({cpu_name()}), "
+          f"{torch.get_num_threads()} threads")
     print(f"this repository's loop : {ours:7.2f} s/epoch  (runs: {', '.join(f'{t:.2f}' for t in ours_all)})")
     print(f"matmul roofline        : {roof:7.2f} s/epoch  ({flops / 1e9:.0f} GFLOP at {flops / roof / 1e9:.0f} GFLOP/s)")
     print(f"fraction of roofline   : {roof / ours:7.1%}  (epoch time = {ours / roof:.2f} x roofline)")

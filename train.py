@@ -100,9 +100,8 @@ def make_step(model, optimizer, recon, beta, compile=False):
     return step
 
 
-def train_run(args, kind, latent, seed, splits, device):
-    """Train one (model, latent size, seed) run, saving a checkpoint after every epoch."""
-    path = checkpoint_path(args.out, kind, latent, seed)
+def train_run(args, path, kind, latent, seed, splits, device):
+    """Train one (model, latent size, seed) run, saving a checkpoint to path after every epoch."""
     run_args = {**vars(args), "model": kind, "latent": latent, "seed": seed}
     config = ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden))
     torch.manual_seed(seed)
@@ -167,8 +166,9 @@ def main(argv=None):
     runs = [(kind, latent, seed) for seed in args.seed for kind in kinds for latent in args.latent]
     try:
         for kind, latent, seed in runs:
-            with run_lock(checkpoint_path(args.out, kind, latent, seed)):
-                train_run(args, kind, latent, seed, splits, device)
+            path = checkpoint_path(args.out, kind, latent, seed)
+            with run_lock(path):
+                train_run(args, path, kind, latent, seed, splits, device)
     except KeyboardInterrupt:
         raise UserError("interrupted; every finished epoch is saved: add --resume to the same command to continue")
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from common import UserError, load_all_checkpoints, pick_device, run_cli, save_figure
 from data import load_splits
-from evaluate import encode_means, latent_prior, reconstruct, select_latent
+from evaluate import encode_means, generate, latent_prior, reconstruct, select_latent
 from models import MODEL_NAMES
 
 DPI = 100
@@ -117,9 +117,7 @@ def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
         images = decode(manifold_model, mean + grid @ scale.T)
         show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles")
     if sample_model is not None:
-        mean, scale = latent_prior(sample_model, train_x)
-        eps = torch.randn(100, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
-        images = decode(sample_model, mean + eps @ scale.T)
+        images = generate(sample_model, train_x, 100, seed)
         show_grid(axes.pop(0), images, nrow=10, title=f"latent {sample_model.config.latent}: 100 random samples")
     fig.suptitle(f"{name}: decoded points of {source}")
     save_figure(fig, path)

@@ -1,7 +1,6 @@
 """What every script shares: one-line errors, atomic writes, the device, the checkpoint format."""
 import contextlib
 import fcntl
-import glob
 import os
 import sys
 import tempfile
@@ -9,7 +8,7 @@ import tempfile
 import torch
 import torchvision
 
-from models import MODEL_NAMES, ModelConfig, build_model
+from models import ModelConfig, build_model
 
 
 _UMASK = os.umask(0)
@@ -61,13 +60,6 @@ def pick_device(name):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-
-
-def checkpoint_path(out, model, latent, seed=0):
-    """One file per run, e.g. output/VAE/VAE_latent_20.pt (seeds other than 0 get a suffix)."""
-    name = MODEL_NAMES[model]
-    suffix = "" if seed == 0 else f"_seed_{seed}"
-    return os.path.join(out, name, f"{name}_latent_{latent}{suffix}.pt")
 
 
 @contextlib.contextmanager
@@ -129,26 +121,6 @@ def load_checkpoint(path, device="cpu"):
 
 CHECKPOINT_FORMAT = "mnist-vae-study/1"
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "split_seed", "rng", "versions")
-
-
-def load_all_checkpoints(folder, device="cpu"):
-    """Every finished run's checkpoint under folder as (path, checkpoint, model), in (model, latent,
-    seed) order. Unfinished runs (in progress, or interrupted) are left out, with a note."""
-    paths = sorted(glob.glob(os.path.join(folder, "*", "*_latent_*.pt")))
-    if not paths:
-        raise UserError(f"no checkpoints under {folder}: run python train.py first")
-    runs = []
-    for path in paths:
-        ckpt, model = load_checkpoint(path, device)
-        if ckpt["epoch"] < ckpt["args"]["epochs"]:
-            print(f"leaving out {path}: {ckpt['epoch']} of {ckpt['args']['epochs']} epochs "
-                  "(finish it with python train.py ... --resume)", file=sys.stderr)
-        else:
-            runs.append((path, ckpt, model))
-    if not runs:
-        raise UserError(f"no finished runs under {folder}: run python train.py (with --resume to finish them)")
-    runs.sort(key=lambda r: (r[1]["config"]["model"], r[1]["config"]["latent"], r[1]["args"]["seed"]))
-    return runs
 
 
 def save_figure(fig, path, **kwargs):

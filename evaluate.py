@@ -2,95 +2,28 @@
 
     python evaluate.py    # writes output/results.json, output/results.md and the plots of the numbers
 
-Per model and latent size: per-pixel MSE overall and per digit (the VAE both with z = mu and with
-one sampled z, as the study measured), the VAE's KL and active units, a digit classifier's accuracy
-on the reconstructions, and the Frechet distance of decoded samples to the test set.
+Per model, variant and latent size (mean and spread over the seeds found): per-pixel MSE overall and
+per digit (the VAE both with z = mu and with one sampled z, as the study measured), the VAE's KL and
+active units, the Autoencoder's dead code units, a digit classifier's accuracy on the
+reconstructions, and the Frechet distance of decoded samples to the test set.
 """
 import argparse
 import json
-import math
 import os
+from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
 from classifier import accuracy, features, frechet_distance, load_or_train
-from common import UserError, atomic_write, load_all_checkpoints, pick_device, run_cli, save_figure
+from common import atomic_write, pick_device, run_cli, save_figure
 from data import load_splits
-from models import MODEL_NAMES, loss_terms
+from metrics import active_units, dead_units, encode_means, finite_or_none, generate, measure, reconstruct
+from models import MODEL_NAMES
+from runs import group_label, load_runs, variant_folder, variant_label
 
 TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
-ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
 N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
-
-
-@torch.no_grad()
-def evaluate(model, x, sample=False, seed=0, batch_size=10000):
-    """Per-image squared error (summed over pixels) and KL of `model` on images x, in eval mode.
-
-    With sample=True the VAE decodes one z ~ q(z|x) per image, drawn from its own seeded stream so
-    that evaluating never moves the training's random state; otherwise it decodes z = mu.
-    """
-    was_training = model.training
-    model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        parts = [loss_terms(xb, *model(xb, sample=sample))[1:] for xb in x.split(batch_size)]
-    model.train(was_training)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-@torch.no_grad()
-def encode_means(model, x, batch_size=10000):
-    """The code of every image: the Autoencoder's code, or the mean of the VAE's q(z|x)."""
-    return torch.cat([model.eval().encode(xb)[0] for xb in x.split(batch_size)])
-
-
-@torch.no_grad()
-def reconstruct(model, x, batch_size=10000):
-    return torch.cat([model.eval()(xb, sample=False)[0] for xb in x.split(batch_size)])
-
-
-def latent_prior(model, train_x):
-    """(mean, scale) of the Gaussian that decoded samples come from: N(0, I) for the VAE, whose KL
-    term pulls its codes there; for the Autoencoder a Gaussian fitted to its training codes, so
-    that the two models are compared on equal terms. z = mean + scale @ eps, eps ~ N(0, I)."""
-    latent, device = model.config.latent, train_x.device
-    if model.config.model == "vae":
-        return torch.zeros(latent, device=device), torch.eye(latent, device=device)
-    codes = encode_means(model, train_x).double()
-    mean, cov = codes.mean(0), torch.cov(codes.T).reshape(latent, latent)
-    jitter = 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=device, dtype=cov.dtype)
-    return mean.float(), torch.linalg.cholesky(cov + jitter).float()
-
-
-@torch.no_grad()
-def generate(model, train_x, n, seed):
-    mean, scale = latent_prior(model, train_x)
-    eps = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
-    return torch.cat([model.eval().decode(mean + zb @ scale.T) for zb in eps.split(10000)])
-
-
-def active_units(means, threshold=ACTIVE_THRESHOLD):
-    """How many latent dimensions' posterior means vary across images by more than the threshold."""
-    return int((means.double().var(dim=0) > threshold).sum())
-
-
-def finite_or_none(value):
-    """JSON and tables get None for a non-finite number, never a NaN that looks like a result."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def measure(model, x, labels, sample=False, seed=0):
-    """Per-pixel MSE overall and for each digit 0-9, and the mean KL per image."""
-    squared_error, kl = evaluate(model, x, sample=sample, seed=seed)
-    mse = squared_error / x.shape[1]
-    counts = torch.bincount(labels, minlength=10)
-    per_digit = torch.zeros(10, device=x.device, dtype=mse.dtype).index_add_(0, labels, mse) / counts
-    return {"mse": finite_or_none(mse.mean()), "mse_per_digit": [finite_or_none(v) for v in per_digit.tolist()],
-            "kl": finite_or_none(kl.mean())}
 
 
 def select_latent(val_mse, tolerance=TOLERANCE):
@@ -103,18 +36,22 @@ def select_latent(val_mse, tolerance=TOLERANCE):
     return lowest, within
 
 
-def measure_run(ckpt, model, splits, seed, judge=None):
-    """One checkpoint's results entry; `judge` is (classifier, its test-set features) or None."""
-    config = ckpt["config"]
-    entry = {"model": MODEL_NAMES[config["model"]], "latent": config["latent"], "seed": ckpt["args"]["seed"],
-             "epochs": ckpt["epoch"], "split_seed": ckpt["split_seed"], "config": config}
+def measure_run(run, splits, seed, judge=None):
+    """One run's results entry; `judge` is (classifier, its test-set features) or None."""
+    config, train, model = run.config, run.train, run.model
+    entry = {"model": MODEL_NAMES[config.model], "variant": variant_label(run.variant), "latent": config.latent,
+             "seed": train.seed, "epochs": run.ckpt["epoch"], "split_seed": train.split_seed,
+             "settings": dict(run.variant), "config": config.to_dict(), "train": asdict(train)}
     for split in ("test", "val"):
         entry[split] = measure(model, *splits[split], sample=False)
-        if config["model"] == "vae":
+        if config.model == "vae":
             entry[split + "_sampled"] = measure(model, *splits[split], sample=True, seed=seed)
     test_x, test_y = splits["test"]
-    if config["model"] == "vae":
-        entry["active_units"] = active_units(encode_means(model, test_x))
+    codes = encode_means(model, test_x)
+    if config.model == "vae":
+        entry["active_units"] = active_units(codes)
+    else:
+        entry["dead_units"] = dead_units(codes)
     if judge is not None:
         net, test_features = judge
         reconstructions = reconstruct(model, test_x)
@@ -133,6 +70,7 @@ METRICS = {  # summary column: how to read it from one run's entry (None where i
     "test_mse_sampled": lambda e: e.get("test_sampled", {}).get("mse"),
     "test_kl": lambda e: e["test"]["kl"] if e["model"] == "VAE" else None,
     "active_units": lambda e: e.get("active_units"),
+    "dead_units": lambda e: e.get("dead_units"),
     "classifier_accuracy": lambda e: e.get("classifier_accuracy"),
     "frechet_distance": lambda e: e.get("frechet_distance"),
 }
@@ -146,13 +84,15 @@ def mean_std(values):
 
 
 def summarize(entries):
-    """Per model and latent size: mean and standard deviation over seeds of every metric."""
+    """Per model, variant and latent size: mean and standard deviation over seeds of every metric.
+    Entries differ within a group in their seed only (runs.py), so no spread mixes two settings."""
     groups = {}
     for e in entries:
-        groups.setdefault((e["model"], e["latent"]), []).append(e)
+        groups.setdefault((e["model"], e["variant"] != "default", e["variant"], e["latent"]), []).append(e)
     summary = []
-    for (model, latent), group in sorted(groups.items()):
-        row = {"model": model, "latent": latent, "seeds": sorted(e["seed"] for e in group)}
+    for (model, _, label, latent), group in sorted(groups.items()):
+        row = {"model": model, "variant": label, "settings": group[0]["settings"], "latent": latent,
+               "seeds": sorted(e["seed"] for e in group)}
         for key, pick in METRICS.items():
             row[key], row[key + "_std"] = mean_std([pick(e) for e in group])
         per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
@@ -162,11 +102,15 @@ def summarize(entries):
 
 
 def selections(summary, tolerance=TOLERANCE):
+    """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)"."""
     chosen = {}
-    for model in sorted({row["model"] for row in summary}):
-        val = {row["latent"]: row["val_mse"] for row in summary if row["model"] == model}
-        lowest, within = select_latent(val, tolerance)
-        chosen[model] = {"lowest_val_mse": lowest, "selected": within, "val_mse": val}
+    for row in summary:
+        key = group_label(row["model"], row["variant"])
+        if key not in chosen:
+            val = {r["latent"]: r["val_mse"] for r in summary if (r["model"], r["variant"]) == (row["model"], row["variant"])}
+            lowest, within = select_latent(val, tolerance)
+            chosen[key] = {"model": row["model"], "variant": row["variant"], "lowest_val_mse": lowest,
+                           "selected": within, "val_mse": val}
     return chosen
 
 
@@ -179,77 +123,140 @@ def fmt(value, spread=None, digits=4):
 def markdown_tables(summary):
     """The headline table, then per-digit test MSE."""
     columns = [("test MSE", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4), ("val MSE", "val_mse", 4),
-               ("KL (nats)", "test_kl", 2), ("active units", "active_units", 1),
+               ("KL (nats)", "test_kl", 2), ("active units", "active_units", 1), ("dead units", "dead_units", 1),
                ("classifier acc.", "classifier_accuracy", 4), ("Frechet dist.", "frechet_distance", 2)]
     columns = [c for c in columns if any(r[c[1]] is not None for r in summary)]
-    head = "| model | latent | seeds | " + " | ".join(name for name, _, _ in columns) + " |"
-    lines = [head, "|" + "---|" * (3 + len(columns))]
+    # a variant column only where there is more than one variant: the study's table keeps its shape
+    keys = ["model"] + (["variant"] if len({r["variant"] for r in summary}) > 1 else []) + ["latent"]
+    lines = ["| " + " | ".join(keys + ["seeds"] + [name for name, _, _ in columns]) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(columns))]
     for r in summary:
-        cells = [r["model"], str(r["latent"]), str(len(r["seeds"]))]
+        cells = [str(r[k]) for k in keys] + [str(len(r["seeds"]))]
         cells += [fmt(r[key], r[key + "_std"], digits) for _, key, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Test MSE per digit (z = mu):", "",
-              "| model | latent | " + " | ".join(str(d) for d in range(10)) + " |", "|" + "---|" * 12]
+              "| " + " | ".join(keys + [str(d) for d in range(10)]) + " |", "|" + "---|" * (len(keys) + 10)]
     for r in summary:
-        lines.append(f"| {r['model']} | {r['latent']} | " + " | ".join(fmt(v) for v in r["test_mse_per_digit"]) + " |")
+        lines.append("| " + " | ".join([str(r[k]) for k in keys] + [fmt(v) for v in r["test_mse_per_digit"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def selection_lines(chosen, tolerance=TOLERANCE):
-    return [f"{model}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
-            f"{tolerance:.0%} of it: {c['selected']} (selected)" for model, c in chosen.items()]
+    return [f"{name}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
+            f"{tolerance:.0%} of it: {c['selected']} (selected)" for name, c in chosen.items()]
+
+
+def beta_of(row):
+    """A VAE row's beta when beta is the only setting that differs from the study's, else None."""
+    return float(row["settings"].get("beta", 1.0)) if set(row["settings"]) <= {"beta"} else None
+
+
+def plot_rate_distortion(summary, path):
+    """(a) distortion against rate, one point per VAE configuration that differs from the study's in
+    beta alone; (b) test MSE against latent size for each such beta with several sizes, each point
+    annotated with its active units. Drawn when there are at least two betas to compare."""
+    import matplotlib.pyplot as plt
+    rows = [r for r in summary if r["model"] == "VAE" and beta_of(r) is not None and r["test_kl"] is not None]
+    betas = sorted({beta_of(r) for r in rows})
+    if len(betas) < 2:
+        return
+    colours = dict(zip(betas, plt.cm.viridis([i / max(1, len(betas) - 1) for i in range(len(betas))])))
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(13, 5), dpi=100, layout="constrained")
+    for r in rows:
+        beta = beta_of(r)
+        ax_a.errorbar(r["test_kl"], r["test_mse"], xerr=r["test_kl_std"] or None, yerr=r["test_mse_std"] or None,
+                      marker="o", color=colours[beta], capsize=2)
+        ax_a.annotate(f"β {beta:g}, latent {r['latent']}", (r["test_kl"], r["test_mse"]), fontsize=7,
+                      textcoords="offset points", xytext=(4, 3))
+    for beta in betas:
+        ax_a.plot([], [], "o", color=colours[beta], label=f"VAE, β {beta:g}")
+    ae = [r for r in summary if r["model"] == "Autoencoder" and r["variant"] == "default" and r["latent"] == 20]
+    if ae:
+        ax_a.axhline(ae[0]["test_mse"], color="k", ls="--", lw=1, label="Autoencoder, latent 20 (no KL term)")
+    ax_a.set(xlabel="rate: test KL per image (nats)", ylabel="distortion: test MSE per pixel (z = mu)",
+             title="(a) rate against distortion, one point per configuration")
+    ax_a.legend(fontsize=8)
+    for beta in betas:
+        line = sorted((r for r in rows if beta_of(r) == beta), key=lambda r: r["latent"])
+        if len(line) < 2:
+            continue
+        ax_b.errorbar([r["latent"] for r in line], [r["test_mse"] for r in line], yerr=[r["test_mse_std"] for r in line],
+                      marker="o", capsize=3, color=colours[beta], label=f"VAE, β {beta:g}")
+        for r in line:
+            if r["active_units"] is not None:
+                ax_b.annotate(f"{r['active_units']:.0f}", (r["latent"], r["test_mse"]), fontsize=8,
+                              textcoords="offset points", xytext=(0, 6), ha="center", color=colours[beta])
+    latents = sorted({r["latent"] for r in rows})
+    ax_b.set(xscale="log", xlabel="latent size", ylabel="test MSE per pixel (z = mu)",
+             title="(b) error against latent size; numbers: active units")
+    ax_b.set_xticks(latents, [str(v) for v in latents])
+    ax_b.legend(fontsize=8)
+    for ax in (ax_a, ax_b):
+        ax.grid(alpha=0.3)
+    fig.suptitle("VAE: how the KL weight β trades rate for distortion (variants compared)")
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def plot_results(summary, floor, out):
-    """The plots of the numbers: MSE per digit (both models on one y-scale), active units,
-    classifier accuracy and Frechet distance against latent size."""
+    """The plots of the numbers: MSE per digit for each model and variant (all on one y-scale), and
+    against latent size with a line per model and variant: active units, dead units, classifier
+    accuracy, Frechet distance; and the rate-distortion figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    models = sorted({r["model"] for r in summary})
+    kinds = {name: kind for kind, name in MODEL_NAMES.items()}
+    groups = {}
+    for r in summary:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
     values = [v for r in summary for v in r["test_mse_per_digit"] if v is not None]
     ylim = (0, max(values, default=1.0) * 1.08)
-    for model in models:
+    for (model, label), rows in groups.items():
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
-        for r in (r for r in summary if r["model"] == model):
+        for r in rows:
             means = [float("nan") if v is None else v for v in r["test_mse_per_digit"]]
             spread = r["test_mse_per_digit_std"] if len(r["seeds"]) > 1 and None not in means else None
             ax.errorbar(range(10), means, yerr=spread, marker="o", capsize=3,
                         label=f"{r['latent']}" + (f" ({len(r['seeds'])} seeds)" if spread else ""))
         ax.set(xticks=range(10), ylim=ylim, xlabel="digit", ylabel="test MSE per pixel",
-               title=f"{model}: reconstruction error per digit" + (" (z = mu)" if model == "VAE" else ""))
+               title=f"{group_label(model, label)}: reconstruction error per digit" + (" (z = mu)" if model == "VAE" else ""))
         ax.grid(alpha=0.3)
         ax.legend(title="latent size", ncol=2, fontsize=8)
-        save_figure(fig, os.path.join(out, model, "class_results_MSE.jpg"))
+        settings = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rows[0]["settings"].items())
+        save_figure(fig, os.path.join(variant_folder(out, kinds[model], settings), "class_results_MSE.jpg"))
         plt.close(fig)
 
     def against_latent(key, ylabel, title, path, only=None, extra=None):
-        rows = [r for r in summary if r[key] is not None and (only is None or r["model"] == only)]
-        if not rows:
+        lines = {g: [r for r in rows if r[key] is not None] for g, rows in groups.items() if only in (None, g[0])}
+        lines = {g: rows for g, rows in lines.items() if rows}
+        if not lines:
             return
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
-        for model in sorted({r["model"] for r in rows}):
-            mine = [r for r in rows if r["model"] == model]
-            ax.errorbar([r["latent"] for r in mine], [r[key] for r in mine], yerr=[r[key + "_std"] for r in mine],
-                        marker="o", capsize=3, label=model)
+        for (model, label), rows in lines.items():
+            ax.errorbar([r["latent"] for r in rows], [r[key] for r in rows], yerr=[r[key + "_std"] for r in rows],
+                        marker="o", capsize=3, label=group_label(model, label))
+        latents = sorted({r["latent"] for rows in lines.values() for r in rows})
         if extra:
-            extra(ax, rows)
+            extra(ax, latents)
         ax.set(xscale="log", xlabel="latent size", ylabel=ylabel, title=title)
-        ax.set_xticks(sorted({r["latent"] for r in rows}), [str(v) for v in sorted({r["latent"] for r in rows})])
+        ax.set_xticks(latents, [str(v) for v in latents])
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         save_figure(fig, path)
         plt.close(fig)
 
+    all_units = lambda ax, latents: ax.plot(latents, latents, "k--", lw=1, label="all units")
     against_latent("active_units", "active units (Var of posterior mean > 0.01)", "VAE: active latent units",
-                   os.path.join(out, "VAE", "active_units.jpg"), only="VAE",
-                   extra=lambda ax, rows: ax.plot(*[[r["latent"] for r in rows]] * 2, "k--", lw=1, label="all units"))
+                   os.path.join(out, "VAE", "active_units.jpg"), only="VAE", extra=all_units)
+    against_latent("dead_units", "dead units (exactly 0 for >= 99% of test images)", "Autoencoder: dead code units",
+                   os.path.join(out, "Autoencoder", "dead_units.jpg"), only="Autoencoder", extra=all_units)
     against_latent("classifier_accuracy", "accuracy on test reconstructions", "Does the code keep the digit?",
                    os.path.join(out, "classifier_accuracy.jpg"))
     against_latent("frechet_distance", "Frechet distance to test features (lower is better)",
                    "Quality of decoded samples", os.path.join(out, "frechet_distance.jpg"),
                    extra=None if floor is None else
-                   lambda ax, rows: ax.axhline(floor, color="k", ls="--", lw=1, label="real validation images"))
+                   lambda ax, latents: ax.axhline(floor, color="k", ls="--", lw=1, label="real validation images"))
+    plot_rate_distortion(summary, os.path.join(out, "VAE", "rate_distortion.jpg"))
 
 
 def get_args(argv=None):
@@ -269,8 +276,8 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    runs = load_all_checkpoints(args.checkpoints or args.out, device)
-    split_seeds = sorted({ckpt["split_seed"] for _, ckpt, _ in runs})
+    runs = load_runs(args.checkpoints or args.out, device)
+    split_seeds = sorted({run.train.split_seed for run in runs})
     splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
     judge, classifier_info, floor = None, None, None
     if not args.no_classifier:
@@ -283,13 +290,12 @@ def main(argv=None):
         classifier_info = {"checkpoint": path, "test_accuracy": test_accuracy,
                            "frechet_floor_val_vs_test": floor}
     entries = []
-    for path, ckpt, model in tqdm(runs, desc="evaluating", unit="checkpoint", leave=False):
-        entries.append({"checkpoint": path, **measure_run(ckpt, model, splits_by_seed[ckpt["split_seed"]],
-                                                          args.seed, judge)})
+    for run in tqdm(runs, desc="evaluating", unit="checkpoint", leave=False):
+        entries.append({"checkpoint": run.path, **measure_run(run, splits_by_seed[run.train.split_seed], args.seed, judge)})
     summary = summarize(entries)
     chosen = selections(summary)
-    rule = (f"lowest validation MSE (z = mu); 'selected' is the smallest latent size whose validation MSE "
-            f"is within {TOLERANCE:.0%} of that lowest")
+    rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "
+            f"size whose validation MSE is within {TOLERANCE:.0%} of that lowest")
     results = {"selection_rule": rule, "seed": args.seed, "split_seeds": split_seeds, "classifier": classifier_info,
                "selection": chosen, "summary": summary, "runs": entries}
     tables = markdown_tables(summary)

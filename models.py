@@ -8,19 +8,22 @@ import torch.nn.functional as F
 MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
 
 
-@dataclass
+@dataclass(frozen=True)  # frozen: part of a run's identity (runs.py), so hashable and never changed
 class ModelConfig:
     model: str = "vae"  # "ae" or "vae"
     latent: int = 20
     hidden: tuple = (784, 784)  # encoder widths; the decoder mirrors them
     input_dim: int = 784  # 28 x 28 pixels
+    code_relu: bool = False  # the study's Autoencoder put a ReLU on its code; the default leaves it linear
 
     def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)  # checkpoints store it as a list
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))  # checkpoints store a list
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}")
         if self.latent < 1 or any(h < 1 for h in self.hidden):
             raise ValueError("layer sizes must be positive")
+        if self.code_relu and self.model != "ae":
+            raise ValueError("code_relu is for the Autoencoder: the VAE's code is a mean and a log-variance")
 
     def to_dict(self):
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -40,8 +43,9 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.input_dim, *config.hidden]
-        # No activation on the code: the study's ReLU there silenced latent dimensions.
         self.encoder = mlp(widths + [self.code_size()])
+        if config.code_relu:  # as the study built it; a code unit that is negative for every image stays 0 and dead
+            self.encoder.append(nn.ReLU(inplace=True))
         self.decoder = mlp([config.latent, *reversed(widths)])
 
     def code_size(self):

@@ -1,7 +1,8 @@
-"""Train the study's Autoencoder and VAE on MNIST, one checkpoint per (model, latent size, seed).
+"""Train the study's Autoencoder and VAE on MNIST: one checkpoint per run (runs.py says what a run is).
 
     python train.py                          # the whole study: both models, latent 2 5 10 20 50 100
     python train.py --model vae --latent 20  # one run
+    python train.py --model vae --beta 0.5   # a variant: its own files, under output/VAE/beta_0.5/
 """
 import argparse
 import os
@@ -10,14 +11,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (UserError, checkpoint_path, load_checkpoint, pick_device, run_cli, run_lock,
-                    save_checkpoint, versions, CHECKPOINT_FORMAT)
+from common import (UserError, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint, versions,
+                    CHECKPOINT_FORMAT)
 from data import load_splits
-from evaluate import evaluate
+from metrics import evaluate
 from models import MODEL_NAMES, ModelConfig, build_model, loss_terms
-
-# Arguments that shape the training trajectory: a resumed run must agree on all of them.
-TRAJECTORY_ARGS = ("batch_size", "lr", "weight_decay", "beta", "recon", "hidden", "seed", "split_seed", "limit")
+from runs import TrainConfig, checkpoint_path, group_label, train_config, variant, variant_label
 
 
 def get_args(argv=None):
@@ -26,17 +25,23 @@ def get_args(argv=None):
     p.add_argument("--latent", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100],
                    help="latent sizes to sweep (default: 2 5 10 20 50 100, the study's)")
     p.add_argument("--epochs", type=int, default=50, help="epochs per run (default: 50)")
-    p.add_argument("--batch-size", type=int, default=1024, help="images per step (default: 1024)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2, PyTorch's)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term, VAE only (default: 1)")
-    p.add_argument("--recon", default="mse", choices=["mse", "bce"],
-                   help="reconstruction loss summed over pixels: mse or bce (default: mse, the study's)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[784, 784],
+    # What follows up to --split-seed decides what a run learns: any value but the default makes a
+    # variant of the study, a run with files of its own (runs.py); the defaults are the study's.
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                   help="AdamW weight decay (default: %(default)s, PyTorch's)")
+    p.add_argument("--beta", type=float, default=TrainConfig.beta, help="weight of the KL term, VAE only (default: %(default)s)")
+    p.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
+                   help="reconstruction loss summed over pixels: mse or bce (default: %(default)s, the study's)")
+    p.add_argument("--hidden", type=int, nargs="+", default=list(ModelConfig.hidden),
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0],
+    p.add_argument("--code-relu", action="store_true",
+                   help="Autoencoder only: a ReLU on the code, as the study built it (default: off, a linear code)")
+    p.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
                    help="seeds of initialisation, batch order and sampling; several give error bars (default: 0)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the 54k/6k train/val split (default: 0)")
+    p.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
+                   help="seed of the 54k/6k train/val split (default: %(default)s)")
     p.add_argument("--data-dir", default="data", help="where MNIST lives or is fetched to (default: data)")
     p.add_argument("--out", default="output", help="folder for checkpoints and figures (default: output)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
@@ -55,6 +60,11 @@ def get_args(argv=None):
         p.error("--limit must be at least 1")
     if args.weight_decay < 0 or args.beta < 0:
         p.error("--weight-decay and --beta must not be negative")
+    # a setting that changes nothing for a model would retrain its study run under another name
+    if args.beta != TrainConfig.beta and args.model != "vae":
+        p.error("--beta weighs the VAE's KL term; the Autoencoder has none: add --model vae")
+    if args.code_relu and args.model != "ae":
+        p.error("--code-relu is for the Autoencoder: add --model ae")
     return args
 
 
@@ -100,21 +110,45 @@ def make_step(model, optimizer, recon, beta, compile=False):
     return step
 
 
-def train_run(args, path, kind, latent, seed, splits, device):
-    """Train one (model, latent size, seed) run, saving a checkpoint to path after every epoch."""
-    run_args = {**vars(args), "model": kind, "latent": latent, "seed": seed}
-    config = ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden))
-    torch.manual_seed(seed)
+def planned_runs(args):
+    """Every run the flags ask for, as (ModelConfig, TrainConfig), seed by seed."""
+    kinds = ["ae", "vae"] if args.model == "both" else [args.model]
+    return [(config, train_config(config, {**vars(args), "seed": seed}))
+            for seed in args.seed for kind in kinds for latent in args.latent
+            for config in [ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden), code_relu=args.code_relu)]]
+
+
+def existing_checkpoint(path, config, train, resume, device):
+    """The checkpoint already at path when it holds this very run (None when there is none, or when it
+    is unreadable and is not to be resumed); a different run there is refused, never overwritten."""
+    if not os.path.exists(path):
+        return None
+    try:
+        ckpt, _ = load_checkpoint(path, device)
+    except UserError:
+        if resume:
+            raise
+        return None  # retrained from scratch: the damaged file holds nothing to keep
+    theirs = ModelConfig(**ckpt["config"])
+    their_train = train_config(theirs, ckpt["args"])
+    if (theirs, their_train) != (config, train):  # e.g. written before file names carried the settings
+        raise UserError(f"{path} holds another run ({variant_label(variant(theirs, their_train))}, seed "
+                        f"{their_train.seed}); move it elsewhere to keep it, then run again")
+    return ckpt
+
+
+def train_run(args, config, train, path, splits, device):
+    """Train one run, saving its checkpoint to path after every epoch."""
+    run_args = {**vars(args), "model": config.model, "latent": config.latent, "seed": train.seed}
+    torch.manual_seed(train.seed)
     model = build_model(config).to(device)
     # fused: one kernel per step for all parameters instead of a dozen small ops per tensor
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
-    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    generator = torch.Generator().manual_seed(train.seed)
     history = {k: [] for k in ("train_loss", "train_mse", "train_kl", "val_mse", "val_kl", "seconds")}
     start_epoch = 0
-    if args.resume and os.path.exists(path):
-        ckpt, _ = load_checkpoint(path, device)
-        if ckpt["config"] != config.to_dict() or any(ckpt["args"].get(k) != run_args[k] for k in TRAJECTORY_ARGS):
-            raise UserError(f"{path} was trained with other settings; resume with the same flags or drop --resume")
+    ckpt = existing_checkpoint(path, config, train, args.resume, device)
+    if args.resume and ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"], generator)
@@ -125,18 +159,19 @@ def train_run(args, path, kind, latent, seed, splits, device):
     elif os.path.exists(path):
         print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
     model.train()
-    step = make_step(model, optimizer, args.recon, args.beta, args.compile)
+    step = make_step(model, optimizer, train.recon, train.beta, args.compile)
     train_x, val_x = splits["train"][0], splits["val"][0]
     pixels = train_x.shape[1]
-    bar = tqdm(range(start_epoch, args.epochs), desc=f"{MODEL_NAMES[kind]} latent {latent}",
+    name = f"{group_label(MODEL_NAMES[config.model], variant_label(variant(config, train)))} latent {config.latent}"
+    bar = tqdm(range(start_epoch, args.epochs), desc=name,
                initial=start_epoch, total=args.epochs, unit="epoch", dynamic_ncols=True)
     for epoch in bar:
         t0 = time.perf_counter()
-        stats = train_epoch(model, step, train_x, args.batch_size, generator).cpu()  # one sync per epoch
+        stats = train_epoch(model, step, train_x, train.batch_size, generator).cpu()  # one sync per epoch
         bad = (~torch.isfinite(stats[:, 0])).nonzero()
         if len(bad):
             kept = f"the last good checkpoint ({path}, epoch {epoch}) is kept" if epoch else "nothing was saved"
-            raise UserError(f"{MODEL_NAMES[kind]} latent {latent}: the loss became non-finite at epoch "
+            raise UserError(f"{name}: the loss became non-finite at epoch "
                             f"{epoch + 1}, batch {int(bad[0]) + 1}; {kept}; try a lower --lr")
         val_se, val_kl = evaluate(model, val_x, sample=True)
         history["train_loss"].append(stats[:, 0].mean().item())
@@ -148,7 +183,7 @@ def train_run(args, path, kind, latent, seed, splits, device):
         save_checkpoint(path, {
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "config": config.to_dict(), "args": run_args, "epoch": epoch + 1, "history": history,
-            "split_seed": args.split_seed, "rng": rng_state(generator), "versions": versions()})
+            "split_seed": train.split_seed, "rng": rng_state(generator), "versions": versions()})
         bar.set_postfix(train_mse=f"{history['train_mse'][-1]:.4f}", val_mse=f"{history['val_mse'][-1]:.4f}",
                         val_kl=f"{history['val_kl'][-1]:.2f}")
     bar.close()
@@ -162,13 +197,11 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x the fp32 rate, ample for this loss
         torch.backends.cudnn.allow_tf32 = True
     splits = load_splits(args.data_dir, args.split_seed, device, args.limit)
-    kinds = ["ae", "vae"] if args.model == "both" else [args.model]
-    runs = [(kind, latent, seed) for seed in args.seed for kind in kinds for latent in args.latent]
     try:
-        for kind, latent, seed in runs:
-            path = checkpoint_path(args.out, kind, latent, seed)
+        for config, train in planned_runs(args):
+            path = checkpoint_path(args.out, config, train)
             with run_lock(path):
-                train_run(args, path, kind, latent, seed, splits, device)
+                train_run(args, config, train, path, splits, device)
     except KeyboardInterrupt:
         raise UserError("interrupted; every finished epoch is saved: add --resume to the same command to continue")
 

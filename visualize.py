@@ -1,6 +1,8 @@
 """Draw the study's figures from the saved checkpoints, into output/Autoencoder/ and output/VAE/.
 
     python visualize.py   # loss curves, reconstructions and decoded samples for every model
+
+A variant of the study (runs.py) gets the same figures in its own folder, e.g. output/VAE/beta_0.5/.
 """
 import argparse
 import glob
@@ -14,10 +16,12 @@ import torch
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from common import UserError, load_all_checkpoints, pick_device, run_cli, save_figure
+from common import UserError, pick_device, run_cli, save_figure
 from data import load_splits
-from evaluate import encode_means, generate, latent_prior, reconstruct, select_latent
+from evaluate import select_latent
+from metrics import encode_means, generate, latent_prior, reconstruct
 from models import MODEL_NAMES
+from runs import group_label, load_runs, variant_folder, variant_label
 
 DPI = 100
 GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE points
@@ -36,13 +40,13 @@ def plot_curves(runs, key, ylabel, title, path, log=True):
     plt.close(fig)
 
 
-def plot_train_val(ckpt, path):
-    name, latent = MODEL_NAMES[ckpt["config"]["model"]], ckpt["config"]["latent"]
+def plot_train_val(name, ckpt, path):
+    latent, vae = ckpt["config"]["latent"], ckpt["config"]["model"] == "vae"
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     for split in ("train", "val"):
         values = ckpt["history"][f"{split}_mse"]
         ax.plot(range(1, len(values) + 1), values, label={"train": "training", "val": "validation"}[split])
-    ylabel = "MSE per pixel" + (", one sampled z" if name == "VAE" else "")  # as training measures it
+    ylabel = "MSE per pixel" + (", one sampled z" if vae else "")  # as training measures it
     ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=f"{name}, latent {latent}: training vs validation")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -80,20 +84,17 @@ def comparison_indices(labels, per_digit=PER_DIGIT):
     return torch.cat([(labels == d).nonzero().flatten()[:per_digit] for d in range(10)])
 
 
-def plot_comparison(runs, x, path):
-    name = MODEL_NAMES[runs[0][1]["config"]["model"]]
+def plot_comparison(name, runs, x, path):
     rows = [x] + [reconstruct(model, x) for _, _, model in runs]
     labels = ["original"] + [f"latent {ckpt['config']['latent']}" for _, ckpt, _ in runs]
     fig, ax = plt.subplots(figsize=(10, grid_height(len(rows), len(x), 8.6)), dpi=DPI, layout="constrained")
     show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
-              title=f"{name}: test digits and their reconstructions (z = mu)" if name == "VAE" else
-              f"{name}: test digits and their reconstructions")
+              title=f"{name}: test digits and their reconstructions" + (" (z = mu)" if runs[0].config.model == "vae" else ""))
     save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_reconstruction_grid(model, latent, x, path):
-    name = MODEL_NAMES[model.config.model]
+def plot_reconstruction_grid(name, model, latent, x, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), dpi=DPI, layout="constrained")
     show_grid(axes[0], x, nrow=8, title="test images")
     show_grid(axes[1], reconstruct(model, x), nrow=8, title=f"{name} reconstructions, latent {latent}")
@@ -101,13 +102,12 @@ def plot_reconstruction_grid(model, latent, x, path):
     plt.close(fig)
 
 
-def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
+def plot_decoding_grid(name, manifold_model, sample_model, train_x, seed, path):
     """Left: the latent-2 decoder over a grid of Gaussian quantiles. Right: decoded random samples."""
     panels = [m for m in (manifold_model, sample_model) if m is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.8), dpi=DPI, squeeze=False,
                              layout="constrained")
     axes = list(axes[0])
-    name = MODEL_NAMES[panels[0].config.model]
     source = "N(0, I)" if panels[0].config.model == "vae" else "a Gaussian fitted to the training codes"
     if manifold_model is not None:
         mean, scale = latent_prior(manifold_model, train_x)
@@ -124,7 +124,7 @@ def plot_decoding_grid(manifold_model, sample_model, train_x, seed, path):
     plt.close(fig)
 
 
-def plot_latent_space(runs, x, labels, path):
+def plot_latent_space(name, runs, x, labels, path):
     """Test codes in 2-D coloured by digit: latent 2 as it is, larger codes by their first two
     principal components."""
     cols = min(3, len(runs))
@@ -144,8 +144,8 @@ def plot_latent_space(runs, x, labels, path):
         ax.title.set_fontsize(9)
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
-    name = MODEL_NAMES[runs[0][1]["config"]["model"]]
-    fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if name == "VAE" else ""))
+    vae = runs[0][1]["config"]["model"] == "vae"
+    fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if vae else ""))
     fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.6)
     save_figure(fig, path)
     plt.close(fig)
@@ -155,7 +155,7 @@ INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
 STEPS = 10
 
 
-def plot_interpolation(model, x, labels, path):
+def plot_interpolation(name, model, x, labels, path):
     """Decoded straight lines in latent space between the codes of pairs of test digits."""
     first = {d: x[(labels == d).nonzero()[0, 0]] for d in range(10)}
     starts = encode_means(model, torch.stack([first[a] for a, _ in INTERPOLATION_PAIRS]))
@@ -164,29 +164,26 @@ def plot_interpolation(model, x, labels, path):
     path_codes = (starts[:, None] * (1 - t) + ends[:, None] * t).reshape(-1, starts.shape[1])
     images = decode(model, path_codes)
     fig, ax = plt.subplots(figsize=(8, grid_height(len(INTERPOLATION_PAIRS), STEPS, 7)), dpi=DPI, layout="constrained")
-    name = MODEL_NAMES[model.config.model]
     show_grid(ax, images, nrow=STEPS, row_labels=[f"{a} to {b}" for a, b in INTERPOLATION_PAIRS],
               title=f"{name}, latent {model.config.latent}: decoded straight lines between test digits")
     save_figure(fig, path)
     plt.close(fig)
 
 
-def selected_latents(out, runs):
-    """The selected latent size per model: from results.json when evaluate.py wrote one, otherwise
-    by the same rule on each checkpoint's final validation MSE."""
+def selected_latent(out, name, runs):
+    """The selected latent size of one model and variant (`name` as in results.json, e.g. "VAE (beta
+    0.5)"): evaluate.py's choice when it has made one, otherwise the same rule on each checkpoint's
+    final validation MSE."""
     path = os.path.join(out, "results.json")
     if os.path.exists(path):
         try:
             with open(path) as f:
-                return {model: c["selected"] for model, c in json.load(f)["selection"].items()}
+                selection = json.load(f)["selection"]
+            if name in selection:
+                return selection[name]["selected"]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{path} is unreadable or incomplete: run python evaluate.py to regenerate it")
-    chosen = {}
-    for name in MODEL_NAMES.values():
-        val = {c["config"]["latent"]: c["history"]["val_mse"][-1] for _, c, _ in runs
-               if MODEL_NAMES[c["config"]["model"]] == name}
-        chosen[name] = select_latent(val)[1] if val else None
-    return chosen
+    return select_latent({run.config.latent: run.ckpt["history"]["val_mse"][-1] for run in runs})[1]
 
 
 def get_args(argv=None):
@@ -199,43 +196,47 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
+def draw(name, runs, folder, splits, shown, selected, seed):
+    """Every figure of one model and variant, one run per latent size, into folder."""
+    test_x, test_y = splits["test"]
+    ckpts = [run.ckpt for run in runs]
+    vae = runs[0].config.model == "vae"
+    mse = "MSE per pixel" + (", one sampled z" if vae else "")
+    plot_curves(ckpts, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
+    plot_curves(ckpts, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
+    if vae:
+        plot_curves(ckpts, "val_kl", "KL divergence per image (nats)", f"{name}: validation KL divergence",
+                    os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
+    plot_comparison(name, runs, shown, os.path.join(folder, "comparison_1.jpg"))
+    by_latent = {run.config.latent: run for run in runs}
+    selected = selected if selected in by_latent else max(by_latent)
+    run = by_latent[selected]
+    for stale in glob.glob(os.path.join(folder, "train_val_latent_*_MSE.jpg")):  # an earlier selection's
+        os.remove(stale)
+    plot_train_val(name, run.ckpt, os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
+    plot_reconstruction_grid(name, run.model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
+    manifold = by_latent[2].model if 2 in by_latent else None
+    sampled = run.model if selected != 2 or manifold is None else None
+    plot_decoding_grid(name, manifold, sampled, splits["train"][0], seed, os.path.join(folder, "decoding_grid.jpg"))
+    plot_latent_space(name, runs, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
+    plot_interpolation(name, run.model, test_x, test_y, os.path.join(folder, "interpolation.jpg"))
+
+
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    runs = load_all_checkpoints(args.checkpoints or args.out, device)
-    seed0 = {}  # curves and pictures show one seed per (model, latent): the lowest
-    for run in runs:
-        seed0.setdefault((run[1]["config"]["model"], run[1]["config"]["latent"]), run)
-    runs = list(seed0.values())
-    chosen = selected_latents(args.out, runs)
-    splits = load_splits(args.data_dir, runs[0][1]["split_seed"], device, fetch=False)
-    test_x, test_y = splits["test"]
-    shown = test_x[comparison_indices(test_y)]
-    for kind, name in tqdm(MODEL_NAMES.items(), desc="drawing", unit="model", leave=False):
-        mine = [r for r in runs if r[1]["config"]["model"] == kind]
-        if not mine:
-            continue
-        folder = os.path.join(args.out, name)
-        ckpts = [c for _, c, _ in mine]
-        mse = "MSE per pixel" + (", one sampled z" if kind == "vae" else "")
-        plot_curves(ckpts, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
-        plot_curves(ckpts, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
-        if kind == "vae":
-            plot_curves(ckpts, "val_kl", "KL divergence per image (nats)", "VAE: validation KL divergence",
-                        os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
-        plot_comparison(mine, shown, os.path.join(folder, "comparison_1.jpg"))
-        by_latent = {c["config"]["latent"]: (c, m) for _, c, m in mine}
-        selected = chosen.get(name) if chosen.get(name) in by_latent else max(by_latent)
-        ckpt, model = by_latent[selected]
-        for stale in glob.glob(os.path.join(folder, "train_val_latent_*_MSE.jpg")):  # an earlier selection's
-            os.remove(stale)
-        plot_train_val(ckpt, os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
-        plot_reconstruction_grid(model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
-        manifold = by_latent[2][1] if 2 in by_latent else None
-        sampled = model if selected != 2 or manifold is None else None
-        plot_decoding_grid(manifold, sampled, splits["train"][0], args.seed, os.path.join(folder, "decoding_grid.jpg"))
-        plot_latent_space(mine, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
-        plot_interpolation(model, test_x, test_y, os.path.join(folder, "interpolation.jpg"))
+    groups = {}  # curves and pictures show one seed per (model, variant, latent size): the lowest
+    for run in load_runs(args.checkpoints or args.out, device):
+        groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, run)
+    split_seeds = {run.train.split_seed for by_latent in groups.values() for run in by_latent.values()}
+    splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
+    for (kind, settings), by_latent in tqdm(groups.items(), desc="drawing", unit="variant", leave=False):
+        runs = list(by_latent.values())
+        splits = splits_by_seed[runs[0].train.split_seed]
+        name = group_label(MODEL_NAMES[kind], variant_label(settings))
+        shown = splits["test"][0][comparison_indices(splits["test"][1])]
+        draw(name, runs, variant_folder(args.out, kind, settings), splits, shown,
+             selected_latent(args.out, name, runs), args.seed)
     print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE")
 
 

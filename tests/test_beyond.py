@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import classifier
-import evaluate
+import metrics
 import visualize
 from models import ModelConfig, build_model
 
@@ -15,8 +15,8 @@ def test_active_units_on_hand_made_means():
                          torch.randn(n) * 0.2,  # variance 0.04: active
                          torch.randn(n) * 0.05,  # variance 0.0025: inactive
                          torch.full((n,), 3.0)], dim=1)  # constant, however far from 0: inactive
-    assert evaluate.active_units(means) == 2
-    assert evaluate.active_units(means, threshold=0.001) == 3
+    assert metrics.active_units(means) == 2
+    assert metrics.active_units(means, threshold=0.001) == 3
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
@@ -74,12 +74,12 @@ def test_autoencoder_prior_is_fitted_to_its_codes():
     torch.manual_seed(0)
     model = build_model(ModelConfig(model="ae", latent=3, hidden=(16,)))
     x = torch.rand(4000, 784)
-    codes = evaluate.encode_means(model, x)
-    mean, scale = evaluate.latent_prior(model, x)
+    codes = metrics.encode_means(model, x)
+    mean, scale = metrics.latent_prior(model, x)
     torch.testing.assert_close(mean, codes.mean(0), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(scale @ scale.T, torch.cov(codes.T), atol=1e-5, rtol=1e-3)
     vae = build_model(ModelConfig(model="vae", latent=3, hidden=(16,)))
-    mean, scale = evaluate.latent_prior(vae, x)
+    mean, scale = metrics.latent_prior(vae, x)
     assert torch.equal(mean, torch.zeros(3)) and torch.equal(scale, torch.eye(3))
 
 
@@ -90,6 +90,6 @@ def test_latent_space_figure(tmp_path, latents):
     runs = [(None, {"config": {"model": "vae", "latent": n}}, build_model(ModelConfig(latent=n, hidden=(16,))))
             for n in latents]
     x, labels = torch.rand(300, 784), torch.arange(300) % 10
-    visualize.plot_latent_space(runs, x, labels, str(tmp_path / "latent_space.jpg"))
+    visualize.plot_latent_space("VAE", runs, x, labels, str(tmp_path / "latent_space.jpg"))
     with Image.open(tmp_path / "latent_space.jpg") as image:
         assert image.format == "JPEG" and image.size == (420 * len(latents), 450)

@@ -27,6 +27,10 @@ def trained(mnist_dir, tmp_path_factory):
     return out
 
 
+VARIANT = "hidden_32_batch-size_256_limit_1024"  # the tiny runs' settings name their folders
+LABEL = "hidden 32, batch-size 256, limit 1024"
+
+
 @pytest.fixture()
 def outputs(trained, tmp_path):
     """A private copy of the checkpoints, so each test may write or break things freely."""
@@ -61,7 +65,8 @@ def test_per_digit_mse_matches_independent_computation(mnist_dir, outputs):
         assert ("test_sampled" in entry) == (entry["model"] == "VAE")
     assert {(e["model"], e["latent"]) for e in results["runs"]} == {
         ("Autoencoder", 2), ("Autoencoder", 3), ("VAE", 2), ("VAE", 3)}
-    assert set(results["selection"]) == {"Autoencoder", "VAE"}
+    assert set(results["selection"]) == {f"Autoencoder ({LABEL})", f"VAE ({LABEL})"}
+    assert {e["variant"] for e in results["runs"]} == {LABEL}
     table = (outputs / "results.md").read_text()
     assert table.count("\n| VAE | 2 |") == 2 and "| model | latent | 0 | 1 |" in table
 
@@ -83,7 +88,7 @@ def test_selection_rule_on_hand_made_results():
 
 
 def test_multi_seed_summary_has_mean_and_spread():
-    entries = [{"model": "VAE", "latent": 20, "seed": s, "val": {"mse": v}, "test": {"mse": v, "kl": 10.0,
+    entries = [{"model": "VAE", "variant": "default", "settings": {}, "latent": 20, "seed": s, "val": {"mse": v}, "test": {"mse": v, "kl": 10.0,
                 "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02, 0.03])]
     (row,) = evaluate.summarize(entries)
     assert row["seeds"] == [0, 1, 2]
@@ -93,7 +98,7 @@ def test_multi_seed_summary_has_mean_and_spread():
 
 
 def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
-    path = outputs / "VAE" / "VAE_latent_2.pt"
+    path = outputs / "VAE" / VARIANT / "VAE_latent_2.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"] = {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)
@@ -102,7 +107,7 @@ def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
     assert entry["test"]["mse"] is None and entry["test"]["mse_per_digit"] == [None] * 10
     assert "NaN" not in (outputs / "results.json").read_text()
     assert "| VAE | 2 | 1 | n/a |" in (outputs / "results.md").read_text()
-    assert results["selection"]["VAE"]["selected"] == 3
+    assert results["selection"][f"VAE ({LABEL})"]["selected"] == 3
 
 
 def test_classifier_measurements(mnist_dir, outputs):
@@ -134,23 +139,23 @@ def test_visualize_writes_every_figure(mnist_dir, outputs):
     results = run_evaluate(mnist_dir, outputs)
     visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
     for model in ("Autoencoder", "VAE"):
-        selected = results["selection"][model]["selected"]
+        selected = results["selection"][f"{model} ({LABEL})"]["selected"]
         expected = {**EXPECTED_FIGURES, f"train_val_latent_{selected}_MSE.jpg": (700, 450)}
         if model == "VAE":
-            expected.update({"validation_KL_Divergence.jpg": (700, 450), "active_units.jpg": (700, 450)})
+            expected["validation_KL_Divergence.jpg"] = (700, 450)
         if selected == 2:  # the manifold already shows latent 2: no second panel
             expected["decoding_grid.jpg"] = (540, 580)
-        found = {p.name for p in (outputs / model).glob("*.jpg")}
+        found = {p.name for p in (outputs / model / VARIANT).glob("*.jpg")}
         assert found == set(expected)
         for name, size in expected.items():
-            with Image.open(outputs / model / name) as image:
+            with Image.open(outputs / model / VARIANT / name) as image:
                 assert image.format == "JPEG" and image.size == size
                 image.load()
 
 
 def test_visualize_without_results_json_selects_by_itself(mnist_dir, outputs):
     visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
-    assert len(list((outputs / "VAE").glob("train_val_latent_*_MSE.jpg"))) == 1
+    assert len(list((outputs / "VAE" / VARIANT).glob("train_val_latent_*_MSE.jpg"))) == 1
 
 
 def cli(script, *args):
@@ -170,7 +175,7 @@ def test_error_paths_are_one_line(script, mnist_dir, outputs, tmp_path):
     check(cli(script, "--out", str(outputs), "--data-dir", str(tmp_path / "nodata")), "MNIST is not under")
 
     before = {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()}
-    broken = outputs / "VAE" / "VAE_latent_3.pt"
+    broken = outputs / "VAE" / VARIANT / "VAE_latent_3.pt"
     broken.write_bytes(broken.read_bytes()[:1000])  # truncated
     check(cli(script, "--out", str(outputs), *common), "VAE_latent_3.pt", "not a readable checkpoint")
     torch.save({"state_dict": {}}, broken)  # someone else's file
@@ -187,7 +192,7 @@ def test_corrupt_results_json_is_named(mnist_dir, outputs):
 
 
 def test_unfinished_runs_are_left_out(mnist_dir, outputs, capsys):
-    path = outputs / "VAE" / "VAE_latent_3.pt"
+    path = outputs / "VAE" / VARIANT / "VAE_latent_3.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["args"]["epochs"] = 50  # as if interrupted after 2 of 50 epochs
     torch.save(ckpt, path)

@@ -17,11 +17,12 @@ from common import UserError, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu", "--model", "vae", "--latent", "2"]
+VARIANT = "hidden_32_batch-size_128_limit_512"  # a smoke run is a variant of the study, in a folder of its own
 
 
 def small_run(mnist_dir, out, *extra):
     train.main(["--data-dir", mnist_dir, "--out", str(out), *SMALL, *extra])
-    return out / "VAE" / "VAE_latent_2.pt"
+    return out / "VAE" / VARIANT / "VAE_latent_2.pt"
 
 
 def start_cli(mnist_dir, out, *extra):
@@ -40,7 +41,7 @@ def wait_for_epoch(path, proc, timeout=120):
 
 
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_path):
-    path = tmp_path / "killed" / "VAE" / "VAE_latent_2.pt"
+    path = tmp_path / "killed" / "VAE" / VARIANT / "VAE_latent_2.pt"
     proc = start_cli(mnist_dir, tmp_path / "killed", "--epochs", "200")
     wait_for_epoch(path, proc)
     time.sleep(0.3)  # land somewhere inside a later epoch or save
@@ -58,16 +59,17 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_
 
 def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path):
     proc = start_cli(mnist_dir, tmp_path, "--epochs", "200")
-    wait_for_epoch(tmp_path / "VAE" / "VAE_latent_2.pt", proc)
+    path = tmp_path / "VAE" / VARIANT / "VAE_latent_2.pt"
+    wait_for_epoch(path, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert err.strip().splitlines()[-1].startswith("error: interrupted") and "--resume" in err
-    load_checkpoint(str(tmp_path / "VAE" / "VAE_latent_2.pt"))
+    load_checkpoint(str(path))
     small_run(mnist_dir, tmp_path, "--epochs", "1", "--resume")  # already past epoch 1: nothing to do
-    before = (tmp_path / "VAE" / "VAE_latent_2.pt").read_bytes()
+    before = path.read_bytes()
     small_run(mnist_dir, tmp_path, "--epochs", "1", "--resume")
-    assert (tmp_path / "VAE" / "VAE_latent_2.pt").read_bytes() == before
+    assert path.read_bytes() == before
 
 
 def test_pickled_code_is_refused_not_run(tmp_path):

@@ -11,6 +11,9 @@ from common import UserError, load_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+VARIANT = "hidden_64_batch-size_128_limit_512"  # the smoke runs' settings name their folder
+
+
 def run_train(mnist_dir, out, *extra):
     argv = ["--data-dir", mnist_dir, "--out", str(out), "--limit", "512", "--batch-size", "128",
             "--hidden", "64", "--device", "cpu", *extra]
@@ -19,9 +22,10 @@ def run_train(mnist_dir, out, *extra):
 
 def test_smoke_run_writes_a_self_describing_checkpoint(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "vae", "--latent", "3", "--epochs", "2")
-    path = tmp_path / "VAE" / "VAE_latent_3.pt"
+    path = tmp_path / "VAE" / VARIANT / "VAE_latent_3.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["config"] == {"model": "vae", "latent": 3, "hidden": [64], "input_dim": 784}
+    assert ckpt["epoch"] == 2
+    assert ckpt["config"] == {"model": "vae", "latent": 3, "hidden": [64], "input_dim": 784, "code_relu": False}
     assert ckpt["args"]["lr"] == 1e-3 and ckpt["args"]["batch_size"] == 128 and ckpt["split_seed"] == 0
     assert set(ckpt["versions"]) == {"torch", "torchvision"}
     for key in ("train_mse", "train_kl", "val_mse", "val_kl"):
@@ -35,26 +39,30 @@ def test_smoke_run_writes_a_self_describing_checkpoint(mnist_dir, tmp_path):
 def test_sweep_writes_one_file_per_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--latent", "2", "4", "--epochs", "1")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pt")) == [
-        "Autoencoder/Autoencoder_latent_2.pt", "Autoencoder/Autoencoder_latent_4.pt",
-        "VAE/VAE_latent_2.pt", "VAE/VAE_latent_4.pt"]
+        f"Autoencoder/{VARIANT}/Autoencoder_latent_2.pt", f"Autoencoder/{VARIANT}/Autoencoder_latent_4.pt",
+        f"VAE/{VARIANT}/VAE_latent_2.pt", f"VAE/{VARIANT}/VAE_latent_4.pt"]
 
 
 def test_resume_equals_uninterrupted_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path / "a", "--model", "vae", "--latent", "2", "--epochs", "3")
     run_train(mnist_dir, tmp_path / "b", "--model", "vae", "--latent", "2", "--epochs", "1")
     run_train(mnist_dir, tmp_path / "b", "--model", "vae", "--latent", "2", "--epochs", "3", "--resume")
-    a = torch.load(tmp_path / "a" / "VAE" / "VAE_latent_2.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "VAE" / "VAE_latent_2.pt", weights_only=True)
+    a = torch.load(tmp_path / "a" / "VAE" / VARIANT / "VAE_latent_2.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "VAE" / VARIANT / "VAE_latent_2.pt", weights_only=True)
     for key in ("train_mse", "train_kl", "val_mse", "val_kl", "train_loss"):
         assert a["history"][key] == b["history"][key]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name])
 
 
-def test_resume_refuses_other_settings(mnist_dir, tmp_path):
+def test_resume_with_other_settings_is_another_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
-    with pytest.raises(UserError, match="other settings"):
-        run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2", "--resume", "--lr", "0.01")
+    first = (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes()
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2", "--resume", "--lr", "0.01")
+    other = torch.load(tmp_path / "Autoencoder" / f"hidden_64_batch-size_128_lr_0.01_limit_512" / "Autoencoder_latent_2.pt",
+                       weights_only=True)
+    assert other["epoch"] == 2 and other["args"]["lr"] == 0.01  # trained from scratch, not resumed from the first
+    assert (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes() == first
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -64,6 +72,10 @@ def test_resume_refuses_other_settings(mnist_dir, tmp_path):
     (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--lr", "0"], "--lr must be positive"),
     (["--epochs", "two"], "invalid int value"),
+    (["--beta", "4"], "the Autoencoder has none: add --model vae"),
+    (["--model", "ae", "--beta", "0.5"], "add --model vae"),
+    (["--code-relu"], "--code-relu is for the Autoencoder: add --model ae"),
+    (["--model", "vae", "--code-relu"], "add --model ae"),
 ])
 def test_bad_flags_exit_with_usage(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,0 +1,83 @@
+"""The measuring helpers shared by training, evaluation and figures: all without gradients, in eval mode."""
+import math
+
+import torch
+
+from models import loss_terms
+
+ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
+DEAD_FRACTION = 0.99  # a ReLU code unit is dead when it is exactly 0 for at least this share of images
+
+
+@torch.no_grad()
+def evaluate(model, x, sample=False, seed=0, batch_size=10000):
+    """Per-image squared error (summed over pixels) and KL of `model` on images x, in eval mode.
+
+    With sample=True the VAE decodes one z ~ q(z|x) per image, drawn from its own seeded stream so
+    that evaluating never moves the training's random state; otherwise it decodes z = mu.
+    """
+    was_training = model.training
+    model.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        parts = [loss_terms(xb, *model(xb, sample=sample))[1:] for xb in x.split(batch_size)]
+    model.train(was_training)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def encode_means(model, x, batch_size=10000):
+    """The code of every image: the Autoencoder's code, or the mean of the VAE's q(z|x)."""
+    return torch.cat([model.eval().encode(xb)[0] for xb in x.split(batch_size)])
+
+
+@torch.no_grad()
+def reconstruct(model, x, batch_size=10000):
+    return torch.cat([model.eval()(xb, sample=False)[0] for xb in x.split(batch_size)])
+
+
+def latent_prior(model, train_x):
+    """(mean, scale) of the Gaussian that decoded samples come from: N(0, I) for the VAE, whose KL
+    term pulls its codes there; for the Autoencoder a Gaussian fitted to its training codes, so
+    that the two models are compared on equal terms. z = mean + scale @ eps, eps ~ N(0, I)."""
+    latent, device = model.config.latent, train_x.device
+    if model.config.model == "vae":
+        return torch.zeros(latent, device=device), torch.eye(latent, device=device)
+    codes = encode_means(model, train_x).double()
+    mean, cov = codes.mean(0), torch.cov(codes.T).reshape(latent, latent)
+    jitter = 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=device, dtype=cov.dtype)
+    return mean.float(), torch.linalg.cholesky(cov + jitter).float()
+
+
+@torch.no_grad()
+def generate(model, train_x, n, seed):
+    mean, scale = latent_prior(model, train_x)
+    eps = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
+    return torch.cat([model.eval().decode(mean + zb @ scale.T) for zb in eps.split(10000)])
+
+
+def active_units(means, threshold=ACTIVE_THRESHOLD):
+    """How many latent dimensions' posterior means vary across images by more than the threshold."""
+    return int((means.double().var(dim=0) > threshold).sum())
+
+
+def dead_units(codes, fraction=DEAD_FRACTION):
+    """How many code dimensions are exactly zero for at least `fraction` of the images (N, latent)."""
+    return int(((codes == 0).double().mean(dim=0) >= fraction).sum())
+
+
+def finite_or_none(value):
+    """JSON and tables get None for a non-finite number, never a NaN that looks like a result."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def measure(model, x, labels, sample=False, seed=0):
+    """Per-pixel MSE overall and for each digit 0-9, and the mean KL per image."""
+    squared_error, kl = evaluate(model, x, sample=sample, seed=seed)
+    mse = squared_error / x.shape[1]
+    counts = torch.bincount(labels, minlength=10)
+    per_digit = torch.zeros(10, device=x.device, dtype=mse.dtype).index_add_(0, labels, mse) / counts
+    return {"mse": finite_or_none(mse.mean()), "mse_per_digit": [finite_or_none(v) for v in per_digit.tolist()],
+            "kl": finite_or_none(kl.mean())}

@@ -6,6 +6,7 @@
 """
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -50,6 +51,21 @@ def get_args(argv=None):
     p.add_argument("--limit", type=int, default=None,
                    help="train on the first N training images only, for smoke runs (default: all 54,000)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
+    # Sweeps past one machine (launch.py): every run a job of its own, through submitit
+    p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
+                   help="none: the runs one after another, here; local: --jobs processes here; slurm: one job "
+                        "array on a SLURM cluster (default: none)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="local: runs at a time, one GPU each where there are several, else a share of the "
+                        "CPU cores (default: 2)")
+    p.add_argument("--partition", default=None, help="slurm: partition (default: the cluster's default)")
+    p.add_argument("--time-min", type=int, default=60,
+                   help="time limit of a run in minutes; a run stopped by it is requeued and resumes (default: 60)")
+    p.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs per run, 0 for CPU nodes (default: 1)")
+    p.add_argument("--cpus-per-run", type=int, default=4, help="slurm: CPUs per run (default: 4)")
+    p.add_argument("--max-running", type=int, default=64, help="slurm: most runs running at once (default: 64)")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "lr"):
         if not getattr(args, name) > 0:
@@ -58,6 +74,9 @@ def get_args(argv=None):
         p.error("--latent and --hidden sizes must be at least 1")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be at least 1")
+    for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.weight_decay < 0 or args.beta < 0:
         p.error("--weight-decay and --beta must not be negative")
     # a setting that changes nothing for a model would retrain its study run under another name
@@ -192,6 +211,11 @@ def train_run(args, config, train, path, splits, device):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.launcher != "none":
+        from launch import launch  # only here: submitit is needed for launching alone
+        return launch(args, sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x the fp32 rate, ample for this loss

@@ -147,19 +147,32 @@ def selection_lines(chosen, tolerance=TOLERANCE):
 
 
 def beta_of(row):
-    """A VAE row's beta when beta is the only setting that differs from the study's, else None."""
-    return float(row["settings"].get("beta", 1.0)) if set(row["settings"]) <= {"beta"} else None
+    return float(row["settings"].get("beta", 1.0))
+
+
+def beta_sweep(summary):
+    """The VAE rows that differ from one another in beta alone, with the settings they share, for
+    the rate-distortion figure: the study's settings where they have two betas or more, else the
+    first settings that do. ([], None) when no settings have two betas."""
+    sweeps = {}
+    for r in summary:
+        if r["model"] == "VAE" and r["test_kl"] is not None:
+            shared = {k: v for k, v in r["settings"].items() if k != "beta"}
+            sweeps.setdefault(repr(shared), (shared, []))[1].append(r)
+    usable = [(shared, rows) for shared, rows in sweeps.values() if len({beta_of(r) for r in rows}) > 1]
+    usable.sort(key=lambda s: s[0] != {})
+    return (usable[0][1], usable[0][0]) if usable else ([], None)
 
 
 def plot_rate_distortion(summary, path):
-    """(a) distortion against rate, one point per VAE configuration that differs from the study's in
-    beta alone; (b) test MSE against latent size for each such beta with several sizes, each point
-    annotated with its active units. Drawn when there are at least two betas to compare."""
+    """(a) distortion against rate, one point per VAE configuration of a beta sweep (beta_sweep);
+    (b) test MSE against latent size for each of its betas with several sizes, each point annotated
+    with its active units. Drawn when there are at least two betas to compare."""
     import matplotlib.pyplot as plt
-    rows = [r for r in summary if r["model"] == "VAE" and beta_of(r) is not None and r["test_kl"] is not None]
-    betas = sorted({beta_of(r) for r in rows})
-    if len(betas) < 2:
+    rows, shared = beta_sweep(summary)
+    if not rows:
         return
+    betas = sorted({beta_of(r) for r in rows})
     colours = dict(zip(betas, plt.cm.viridis([i / max(1, len(betas) - 1) for i in range(len(betas))])))
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(13, 5), dpi=100, layout="constrained")
     for r in rows:
@@ -170,7 +183,7 @@ def plot_rate_distortion(summary, path):
                       textcoords="offset points", xytext=(4, 3))
     for beta in betas:
         ax_a.plot([], [], "o", color=colours[beta], label=f"VAE, β {beta:g}")
-    ae = [r for r in summary if r["model"] == "Autoencoder" and r["variant"] == "default" and r["latent"] == 20]
+    ae = [r for r in summary if r["model"] == "Autoencoder" and r["settings"] == shared and r["latent"] == 20]
     if ae:
         ax_a.axhline(ae[0]["test_mse"], color="k", ls="--", lw=1, label="Autoencoder, latent 20 (no KL term)")
     ax_a.set(xlabel="rate: test KL per image (nats)", ylabel="distortion: test MSE per pixel (z = mu)",
@@ -193,7 +206,8 @@ def plot_rate_distortion(summary, path):
     ax_b.legend(fontsize=8)
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
-    fig.suptitle("VAE: how the KL weight β trades rate for distortion (variants compared)")
+    others = f", all with {variant_label(tuple(shared.items()))}" if shared else ""
+    fig.suptitle(f"VAE: how the KL weight β trades rate for distortion (variants compared{others})")
     save_figure(fig, path)
     plt.close(fig)
 

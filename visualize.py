@@ -28,24 +28,36 @@ GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE poin
 PER_DIGIT = 2  # test images of each digit in comparison_1.jpg
 
 
-def plot_curves(runs, key, ylabel, title, path, log=True):
+def plot_mean_band(ax, runs, key, label):
+    """The mean over the runs' seeds of history[key] per epoch, with a band from the lowest to the
+    highest seed where there are several."""
+    n = min(len(run.ckpt["history"][key]) for run in runs)
+    values = torch.tensor([run.ckpt["history"][key][:n] for run in runs], dtype=torch.float64)
+    epochs = range(1, n + 1)
+    seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+    (line,) = ax.plot(epochs, values.mean(0).numpy(), label=label + seeds)
+    if len(runs) > 1:
+        ax.fill_between(epochs, values.min(0).values.numpy(), values.max(0).values.numpy(), color=line.get_color(),
+                        alpha=0.25, lw=0)
+
+
+def plot_curves(by_latent, key, ylabel, title, path, log=True):
+    """One curve per latent size ({latent: [runs of its seeds]})."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
-    for ckpt in runs:
-        values = ckpt["history"][key]
-        ax.plot(range(1, len(values) + 1), values, label=str(ckpt["config"]["latent"]))
+    for latent, runs in by_latent.items():
+        plot_mean_band(ax, runs, key, str(latent))
     ax.set(xlabel="epoch", ylabel=ylabel, title=title, yscale="log" if log else "linear")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="latent size", ncol=2, fontsize=8)
+    ax.legend(title="latent size (band: seeds' range)", ncol=2, fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_train_val(name, ckpt, path):
-    latent, vae = ckpt["config"]["latent"], ckpt["config"]["model"] == "vae"
+def plot_train_val(name, runs, path):
+    latent, vae = runs[0].config.latent, runs[0].config.model == "vae"
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     for split in ("train", "val"):
-        values = ckpt["history"][f"{split}_mse"]
-        ax.plot(range(1, len(values) + 1), values, label={"train": "training", "val": "validation"}[split])
+        plot_mean_band(ax, runs, f"{split}_mse", {"train": "training", "val": "validation"}[split])
     ylabel = "MSE per pixel" + (", one sampled z" if vae else "")  # as training measures it
     ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=f"{name}, latent {latent}: training vs validation")
     ax.grid(alpha=0.3, which="both")
@@ -196,26 +208,26 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def draw(name, runs, folder, splits, shown, selected, seed):
-    """Every figure of one model and variant, one run per latent size, into folder."""
+def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
+    """Every figure of one model and variant into folder: curves over all seeds, pictures of the
+    lowest seed of each latent size."""
     test_x, test_y = splits["test"]
-    ckpts = [run.ckpt for run in runs]
+    runs = [seeds[0] for seeds in seeds_by_latent.values()]
     vae = runs[0].config.model == "vae"
     mse = "MSE per pixel" + (", one sampled z" if vae else "")
-    plot_curves(ckpts, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
-    plot_curves(ckpts, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
+    plot_curves(seeds_by_latent, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
+    plot_curves(seeds_by_latent, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
     if vae:
-        plot_curves(ckpts, "val_kl", "KL divergence per image (nats)", f"{name}: validation KL divergence",
+        plot_curves(seeds_by_latent, "val_kl", "KL divergence per image (nats)", f"{name}: validation KL divergence",
                     os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
     plot_comparison(name, runs, shown, os.path.join(folder, "comparison_1.jpg"))
-    by_latent = {run.config.latent: run for run in runs}
-    selected = selected if selected in by_latent else max(by_latent)
-    run = by_latent[selected]
+    selected = selected if selected in seeds_by_latent else max(seeds_by_latent)
+    run = seeds_by_latent[selected][0]
     for stale in glob.glob(os.path.join(folder, "train_val_latent_*_MSE.jpg")):  # an earlier selection's
         os.remove(stale)
-    plot_train_val(name, run.ckpt, os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
+    plot_train_val(name, seeds_by_latent[selected], os.path.join(folder, f"train_val_latent_{selected}_MSE.jpg"))
     plot_reconstruction_grid(name, run.model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
-    manifold = by_latent[2].model if 2 in by_latent else None
+    manifold = seeds_by_latent[2][0].model if 2 in seeds_by_latent else None
     sampled = run.model if selected != 2 or manifold is None else None
     plot_decoding_grid(name, manifold, sampled, splits["train"][0], seed, os.path.join(folder, "decoding_grid.jpg"))
     plot_latent_space(name, runs, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
@@ -225,18 +237,18 @@ def draw(name, runs, folder, splits, shown, selected, seed):
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    groups = {}  # curves and pictures show one seed per (model, variant, latent size): the lowest
+    groups = {}  # {(model, variant): {latent: [runs, by seed]}}
     for run in load_runs(args.checkpoints or args.out, device):
-        groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, run)
-    split_seeds = {run.train.split_seed for by_latent in groups.values() for run in by_latent.values()}
+        groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
+    split_seeds = {seeds[0].train.split_seed for by_latent in groups.values() for seeds in by_latent.values()}
     splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
-    for (kind, settings), by_latent in tqdm(groups.items(), desc="drawing", unit="variant", leave=False):
-        runs = list(by_latent.values())
-        splits = splits_by_seed[runs[0].train.split_seed]
+    for (kind, settings), seeds_by_latent in tqdm(groups.items(), desc="drawing", unit="variant", leave=False):
+        splits = splits_by_seed[next(iter(seeds_by_latent.values()))[0].train.split_seed]
         name = group_label(MODEL_NAMES[kind], variant_label(settings))
         shown = splits["test"][0][comparison_indices(splits["test"][1])]
-        draw(name, runs, variant_folder(args.out, kind, settings), splits, shown,
-             selected_latent(args.out, name, runs), args.seed)
+        lowest_seeds = [seeds[0] for seeds in seeds_by_latent.values()]
+        draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown,
+             selected_latent(args.out, name, lowest_seeds), args.seed)
     print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE")
 
 

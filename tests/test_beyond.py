@@ -19,6 +19,17 @@ def test_active_units_on_hand_made_means():
     assert metrics.active_units(means, threshold=0.001) == 3
 
 
+def test_dead_units_on_a_hand_made_code_matrix():
+    codes = torch.ones(1000, 5)
+    codes[:, 0] = 0  # always zero: dead
+    codes[:995, 1] = 0  # zero for 99.5% of images: dead
+    codes[:985, 2] = 0  # zero for 98.5%: alive, if barely
+    codes[:, 3] = 1e-30  # tiny but never exactly zero: alive
+    assert metrics.dead_units(codes) == 2
+    assert metrics.dead_units(codes, fraction=0.98) == 3
+    assert metrics.dead_units(torch.randn(100, 4)) == 0
+
+
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
     mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.5])
     sd_a, sd_b = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([3.0, 1.0, 0.5])

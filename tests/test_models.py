@@ -92,3 +92,17 @@ def test_config_round_trip():
     assert ModelConfig(**config.to_dict()) == config
     with pytest.raises(ValueError):
         ModelConfig(model="gan")
+
+
+def test_code_relu_is_the_studys_autoencoder():
+    torch.manual_seed(0)
+    study = build_model(ModelConfig(model="ae", latent=8, hidden=(32,), code_relu=True))
+    linear = build_model(ModelConfig(model="ae", latent=8, hidden=(32,)))
+    linear.load_state_dict(study.state_dict())  # same weights: a ReLU has none
+    x = torch.rand(256, 784)
+    code, _ = study.encode(x)
+    assert (code >= 0).all() and (code == 0).any(), "a ReLU code is never negative"
+    torch.testing.assert_close(code, linear.encode(x)[0].clamp(min=0))
+    assert study(x)[0].shape == (256, 784)
+    with pytest.raises(ValueError, match="code_relu is for the Autoencoder"):
+        ModelConfig(model="vae", code_relu=True)

@@ -189,8 +189,8 @@ def plot_rate_distortion(summary, path):
     ax_a.set(xlabel="rate: test KL per image (nats)", ylabel="distortion: test MSE per pixel (z = mu)",
              title="(a) rate against distortion, one point per configuration")
     ax_a.legend(fontsize=8)
-    for beta in betas:
-        line = sorted((r for r in rows if beta_of(r) == beta), key=lambda r: r["latent"])
+    lines = [sorted((r for r in rows if beta_of(r) == beta), key=lambda r: r["latent"]) for beta in betas]
+    for beta, line in zip(betas, lines):
         if len(line) < 2:
             continue
         ax_b.errorbar([r["latent"] for r in line], [r["test_mse"] for r in line], yerr=[r["test_mse_std"] for r in line],
@@ -203,7 +203,10 @@ def plot_rate_distortion(summary, path):
     ax_b.set(xscale="log", xlabel="latent size", ylabel="test MSE per pixel (z = mu)",
              title="(b) error against latent size; numbers: active units")
     ax_b.set_xticks(latents, [str(v) for v in latents])
-    ax_b.legend(fontsize=8)
+    if any(len(line) > 1 for line in lines):
+        ax_b.legend(fontsize=8)
+    else:
+        ax_b.text(0.5, 0.5, "no β has runs at several latent sizes yet", transform=ax_b.transAxes, ha="center")
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
     others = f", all with {variant_label(tuple(shared.items()))}" if shared else ""

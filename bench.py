@@ -28,7 +28,7 @@ from torchvision.datasets import MNIST
 from common import atomic_write, pick_device, run_cli
 from data import ensure_mnist, load_splits, split_indices
 from models import ModelConfig, build_model
-from train import make_step, train_epoch
+from train import make_step, train_epoch  # importing train flushes subnormals, as in training
 
 
 def sync(device):

@@ -27,7 +27,9 @@ def sweep(mnist_dir, out, *extra):
 
 def test_local_jobs_equal_the_sequential_sweep_bit_for_bit(mnist_dir, tmp_path):
     """With the same threads per run (1), two local jobs give exactly the sequential sweep's runs."""
+    threads = torch.get_num_threads()
     sequential = sweep(mnist_dir, tmp_path / "seq", "--epochs", "2")
+    assert torch.get_num_threads() == threads, "--threads holds for the runs, not for the caller afterwards"
     parallel = sweep(mnist_dir, tmp_path / "par", "--epochs", "2", "--launcher", "local", "--jobs", "2")
     assert list(parallel) == list(sequential) == ["VAE_latent_2.pt", "VAE_latent_3.pt"]
     for name, ckpt in sequential.items():

@@ -108,3 +108,15 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         f"error: {bad_data / 'train-images-idx3-ubyte'} is corrupted (md5 mismatch): delete {bad_data} "
         "and run again to re-fetch MNIST"]
     assert not (tmp_path / "out").exists()
+
+
+def test_importing_train_flushes_subnormals(tmp_path):
+    """train.py turns on flush-to-zero on import, before PyTorch starts its threads: subnormals read as 0."""
+    code = ("import sys, torch, train; "
+            "x = torch.full((4096,), 1e-30); print(float((x * 1e-9).sum()), float((x * 1e-6).sum()) > 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.0", "True"], "1e-39 is subnormal and flushed; 1e-36 is not"
+    plain = subprocess.run([sys.executable, "-c", "import torch; print(float((torch.full((4096,), 1e-30) * 1e-9).sum()) > 0)"],
+                           capture_output=True, text=True)
+    assert plain.stdout.strip() == "True", "without it, the same product is kept"

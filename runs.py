@@ -113,10 +113,6 @@ class Run(NamedTuple):
     def variant(self):
         return variant(self.config, self.train)
 
-    def group(self):
-        """What seeds are averaged over: everything of the identity but the seed."""
-        return self.config.model, self.variant, self.config.latent
-
 
 def load_runs(folder, device="cpu"):
     """Every finished run under folder, ordered by (model, variant, latent size, seed). Unfinished

@@ -17,7 +17,7 @@ from common import (UserError, load_checkpoint, pick_device, run_cli, run_lock, 
 from data import load_splits
 from metrics import evaluate
 from models import MODEL_NAMES, ModelConfig, build_model, loss_terms
-from runs import TrainConfig, checkpoint_path, group_label, train_config, variant, variant_label
+from runs import Run, TrainConfig, checkpoint_path, group_label, train_config, variant, variant_label
 
 # Subnormal floats (below 1.2e-38) are common late in training, as gradients of saturated sigmoids at
 # MNIST's always-black border pixels and Adam moments of dead units, and take a slow path on CPUs: a
@@ -149,17 +149,15 @@ def existing_checkpoint(path, config, train, resume, device):
     if not os.path.exists(path):
         return None
     try:
-        ckpt, _ = load_checkpoint(path, device)
+        theirs = Run(path, *load_checkpoint(path, device))
     except UserError:
         if resume:
             raise
         return None  # retrained from scratch: the damaged file holds nothing to keep
-    theirs = ModelConfig(**ckpt["config"])
-    their_train = train_config(theirs, ckpt["args"])
-    if (theirs, their_train) != (config, train):  # e.g. written before file names carried the settings
-        raise UserError(f"{path} holds another run ({variant_label(variant(theirs, their_train))}, seed "
-                        f"{their_train.seed}); move it elsewhere to keep it, then run again")
-    return ckpt
+    if (theirs.config, theirs.train) != (config, train):  # e.g. written before file names carried the settings
+        raise UserError(f"{path} holds another run ({variant_label(theirs.variant)}, seed "
+                        f"{theirs.train.seed}); move it elsewhere to keep it, then run again")
+    return theirs.ckpt
 
 
 def train_run(args, config, train, path, splits, device):

@@ -24,6 +24,12 @@ from runs import group_label, load_runs, variant_folder, variant_label
 
 TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
 N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
+# The study's test results per latent size: Autoencoder MSE (ReLU on its code), VAE MSE with one
+# sampled z, VAE KL per image (nats). Derived from the per-digit test results its authors published
+# with their code (github.com/kianzohoury/VAE, output/{Autoencoder,VAE}/class_results_test.pkl),
+# weighted by the test set's digit counts.
+STUDY = {2: (0.0497, 0.0391, 5.14), 5: (0.0285, 0.0275, 8.49), 10: (0.0284, 0.0241, 9.76),
+         20: (0.0134, 0.0235, 10.12), 50: (0.0086, 0.0242, 10.01), 100: (0.0085, 0.0256, 9.40)}
 
 
 def select_latent(val_mse, tolerance=TOLERANCE):
@@ -91,10 +97,14 @@ def summarize(entries):
         groups.setdefault((e["model"], e["variant"] != "default", e["variant"], e["latent"]), []).append(e)
     summary = []
     for (model, _, label, latent), group in sorted(groups.items()):
+        group.sort(key=lambda e: e["seed"])
         row = {"model": model, "variant": label, "settings": group[0]["settings"], "latent": latent,
-               "seeds": sorted(e["seed"] for e in group)}
+               "seeds": [e["seed"] for e in group]}
         for key, pick in METRICS.items():
             row[key], row[key + "_std"] = mean_std([pick(e) for e in group])
+        # each seed's own value where a range or a count per run tells more than mean and spread
+        row["by_seed"] = {key: [METRICS[key](e) for e in group] for key in ("test_mse", "dead_units")
+                          if METRICS[key](group[0]) is not None}
         per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
         row["test_mse_per_digit"], row["test_mse_per_digit_std"] = map(list, zip(*per_digit))
         summary.append(row)
@@ -139,6 +149,43 @@ def markdown_tables(summary):
     for r in summary:
         lines.append("| " + " | ".join([str(r[k]) for k in keys] + [fmt(v) for v in r["test_mse_per_digit"]]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def versus(value, runs):
+    """Where a number lies against a set of runs' values, in words."""
+    runs = [v for v in runs if v is not None]
+    if not runs:
+        return "n/a"
+    return "below all" if value < min(runs) else "above all" if value > max(runs) else "within"
+
+
+def study_table(summary):
+    """The study's published numbers beside this repository's default runs and its study-ReLU
+    Autoencoder, per latent size, and where the study's Autoencoder lies against the ReLU runs."""
+    def row(model, settings, latent):
+        return next((r for r in summary if (r["model"], r["settings"], r["latent"]) == (model, settings, latent)), None)
+
+    def cell(r, key, digits=4):
+        return "n/a" if r is None else fmt(r[key], r[key + "_std"], digits)
+
+    lines = ["| latent | study AE | this AE, study's ReLU code (seeds) | per seed | study AE vs these runs "
+             "| dead units per seed | this AE, linear code | study VAE (sampled z) | this VAE (sampled z) "
+             "| study VAE KL | this VAE KL |", "|" + "---|" * 11]
+    rows = 0
+    for latent, (study_ae, study_vae, study_kl) in STUDY.items():
+        relu, linear, vae = (row("Autoencoder", {"code_relu": True}, latent), row("Autoencoder", {}, latent),
+                             row("VAE", {}, latent))
+        if all(r is None for r in (relu, linear, vae)):
+            continue
+        relu_cells = ["n/a"] * 4 if relu is None else [
+            f"{cell(relu, 'test_mse')} ({len(relu['seeds'])})", ", ".join(fmt(v) for v in relu["by_seed"]["test_mse"]),
+            versus(study_ae, relu["by_seed"]["test_mse"]),
+            ", ".join(str(v) for v in relu["by_seed"]["dead_units"]) + f" of {latent}"]
+        cells = [str(latent), fmt(study_ae), *relu_cells, cell(linear, "test_mse"), fmt(study_vae),
+                 cell(vae, "test_mse_sampled"), fmt(study_kl, digits=2), cell(vae, "test_kl", 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+        rows += 1
+    return "\n".join(lines) + "\n" if rows else ""
 
 
 def selection_lines(chosen, tolerance=TOLERANCE):
@@ -321,6 +368,9 @@ def main(argv=None):
         notes.append(f"digit classifier: {classifier_info['test_accuracy']:.2%} test accuracy; Frechet distance "
                      f"of the real validation images to the test set (the floor): {fmt(floor, digits=2)}")
     text = tables + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    comparison = study_table(summary)
+    if comparison:
+        text += "\nAgainst the study's published test results (evaluate.STUDY):\n\n" + comparison
     payload = json.dumps(results, indent=1, allow_nan=False)
     atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(payload), mode="w")
     atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(text), mode="w")

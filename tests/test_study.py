@@ -79,3 +79,53 @@ def test_readme_main_table_is_the_committed_results_json():
     table = evaluate.markdown_tables(summary).split("\n\n")[0]
     with open(os.path.join(ROOT, "README.md")) as f:
         assert table in f.read(), "regenerate the README's table from output/results.md"
+
+
+def summary_row(model, settings, latent, **values):
+    row = {"model": model, "settings": settings, "latent": latent, "seeds": [0]}
+    for key in ("test_mse", "test_mse_sampled", "test_kl"):
+        row[key], row[key + "_std"] = values.get(key), None
+    row["by_seed"] = values.get("by_seed", {})
+    return row
+
+
+def relu_row(latent, mses, dead):
+    """A study-ReLU Autoencoder row of three seeds with these test errors and dead units."""
+    row = summary_row("Autoencoder", {"code_relu": True}, latent, test_mse=sum(mses) / len(mses),
+                      by_seed={"test_mse": mses, "dead_units": dead})
+    return dict(row, seeds=[0, 1, 2])
+
+
+def test_study_table_places_the_study_against_each_seed():
+    study_ae = {latent: ae for latent, (ae, _, _) in evaluate.STUDY.items()}
+    summary = [relu_row(2, [study_ae[2] - 0.002, study_ae[2] + 0.001, study_ae[2]], [0, 0, 1]),  # spans it
+               relu_row(10, [study_ae[10] + 0.001, study_ae[10] + 0.003, study_ae[10] + 0.002], [5, 6, 7]),
+               relu_row(20, [study_ae[20] - 0.002, study_ae[20] - 0.001, study_ae[20] - 0.003], [1, 2, 3]),
+               summary_row("Autoencoder", {}, 50, test_mse=0.005),
+               summary_row("Autoencoder", {"code_relu": True, "beta": 2}, 50, test_mse=0.1)]  # another variant
+    lines = {int(line.split(" | ")[0][2:]): line.split(" | ") for line in evaluate.study_table(summary).splitlines()[2:]}
+    assert sorted(lines) == [2, 10, 20, 50], "a latent size with no run has no row"
+    assert [lines[latent][4] for latent in (2, 10, 20, 50)] == ["within", "below all", "above all", "n/a"]
+    assert lines[10][5] == "5, 6, 7 of 10" and lines[10][2].endswith("(3)")
+    assert lines[50][6] == "0.0050" and lines[50][2] == "n/a", "the other variant is not the study's ReLU"
+    assert evaluate.study_table([summary_row("VAE", {"limit": 2048}, 2, test_mse=0.1)]) == ""
+
+
+def test_readme_study_table_is_the_committed_results_json():
+    with open(os.path.join(ROOT, "output", "results.json")) as f:
+        summary = json.load(f)["summary"]
+    table = evaluate.study_table(summary)
+    assert table, "output/results.json has no run to compare with the study"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert table in f.read(), "regenerate the README's comparison with the study from output/results.md"
+
+
+def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():
+    def entry(seed, mse, dead):
+        return {"model": "Autoencoder", "variant": "code-relu", "settings": {"code_relu": True}, "latent": 10,
+                "seed": seed, "dead_units": dead, "val": {"mse": mse},
+                "test": {"mse": mse, "mse_per_digit": [mse] * 10, "kl": 0.0}}
+    [row] = evaluate.summarize([entry(2, 0.03, 7), entry(0, 0.01, 5), entry(1, 0.02, 6)])
+    assert row["seeds"] == [0, 1, 2]
+    assert row["by_seed"] == {"test_mse": [0.01, 0.02, 0.03], "dead_units": [5, 6, 7]}
+    assert abs(row["test_mse"] - 0.02) < 1e-12 and abs(row["test_mse_std"] - 0.01) < 1e-12

@@ -211,6 +211,18 @@ def beta_sweep(summary):
     return (usable[0][1], usable[0][0]) if usable else ([], None)
 
 
+def rate_distortion_table(summary):
+    """The beta sweep's rows (beta_sweep) as rate, distortion and active units, by beta then latent
+    size; "" when there is no sweep."""
+    rows, _ = beta_sweep(summary)
+    lines = ["| beta | latent | seeds | test KL (nats, rate) | test MSE, z = mu (distortion) | active units |",
+             "|" + "---|" * 6]
+    for r in sorted(rows, key=lambda r: (beta_of(r), r["latent"])):
+        lines.append(f"| {beta_of(r):g} | {r['latent']} | {len(r['seeds'])} | {fmt(r['test_kl'], r['test_kl_std'], 2)} "
+                     f"| {fmt(r['test_mse'], r['test_mse_std'])} | {fmt(r['active_units'], r['active_units_std'], 1)} |")
+    return "\n".join(lines) + "\n" if rows else ""
+
+
 def plot_rate_distortion(summary, path):
     """(a) distortion against rate, one point per VAE configuration of a beta sweep (beta_sweep);
     (b) test MSE against latent size for each of its betas with several sizes, each point annotated
@@ -371,6 +383,9 @@ def main(argv=None):
     comparison = study_table(summary)
     if comparison:
         text += "\nAgainst the study's published test results (evaluate.STUDY):\n\n" + comparison
+    rate_distortion = rate_distortion_table(summary)
+    if rate_distortion:
+        text += "\nRate and distortion of the VAE as beta changes:\n\n" + rate_distortion
     payload = json.dumps(results, indent=1, allow_nan=False)
     atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(payload), mode="w")
     atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(text), mode="w")

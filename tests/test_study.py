@@ -67,6 +67,10 @@ def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
     low, high = (min((r for r in rows if r["latent"] == 3), key=evaluate.beta_of),
                  max((r for r in rows if r["latent"] == 3), key=evaluate.beta_of))
     assert low["test_kl"] > high["test_kl"], "a lower beta buys a higher rate"
+    table = evaluate.rate_distortion_table(results["summary"]).splitlines()
+    assert [line.split(" | ")[:2] for line in table[2:]] == [["| 0.25", "2"], ["| 0.25", "3"], ["| 1", "2"], ["| 1", "3"]]
+    assert table[-1].split(" | ")[4] == evaluate.fmt(high["test_mse"]), "the row of beta 1, latent 3"
+    assert "rate and distortion" in (tmp_path / "results.md").read_text().lower()
     with Image.open(figure) as image:
         assert image.format == "JPEG" and image.size == (1300, 500)
 
@@ -118,6 +122,14 @@ def test_readme_study_table_is_the_committed_results_json():
     assert table, "output/results.json has no run to compare with the study"
     with open(os.path.join(ROOT, "README.md")) as f:
         assert table in f.read(), "regenerate the README's comparison with the study from output/results.md"
+
+
+def test_readme_rate_distortion_table_is_the_committed_results_json():
+    with open(os.path.join(ROOT, "output", "results.json")) as f:
+        table = evaluate.rate_distortion_table(json.load(f)["summary"])
+    assert table, "output/results.json has no beta sweep"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert table in f.read(), "regenerate the README's rate-distortion table from output/results.md"
 
 
 def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():

@@ -171,7 +171,6 @@ def study_table(summary):
     lines = ["| latent | study AE | this AE, study's ReLU code (seeds) | per seed | study AE vs these runs "
              "| dead units per seed | this AE, linear code | study VAE (sampled z) | this VAE (sampled z) "
              "| study VAE KL | this VAE KL |", "|" + "---|" * 11]
-    rows = 0
     for latent, (study_ae, study_vae, study_kl) in STUDY.items():
         relu, linear, vae = (row("Autoencoder", {"code_relu": True}, latent), row("Autoencoder", {}, latent),
                              row("VAE", {}, latent))
@@ -184,8 +183,7 @@ def study_table(summary):
         cells = [str(latent), fmt(study_ae), *relu_cells, cell(linear, "test_mse"), fmt(study_vae),
                  cell(vae, "test_mse_sampled"), fmt(study_kl, digits=2), cell(vae, "test_kl", 2)]
         lines.append("| " + " | ".join(cells) + " |")
-        rows += 1
-    return "\n".join(lines) + "\n" if rows else ""
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def selection_lines(chosen, tolerance=TOLERANCE):
@@ -380,12 +378,10 @@ def main(argv=None):
         notes.append(f"digit classifier: {classifier_info['test_accuracy']:.2%} test accuracy; Frechet distance "
                      f"of the real validation images to the test set (the floor): {fmt(floor, digits=2)}")
     text = tables + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
-    comparison = study_table(summary)
-    if comparison:
-        text += "\nAgainst the study's published test results (evaluate.STUDY):\n\n" + comparison
-    rate_distortion = rate_distortion_table(summary)
-    if rate_distortion:
-        text += "\nRate and distortion of the VAE as beta changes:\n\n" + rate_distortion
+    for heading, table in (("Against the study's published test results (evaluate.STUDY)", study_table(summary)),
+                           ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary))):
+        if table:
+            text += f"\n{heading}:\n\n{table}"
     payload = json.dumps(results, indent=1, allow_nan=False)
     atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(payload), mode="w")
     atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(text), mode="w")

@@ -75,14 +75,21 @@ def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
         assert image.format == "JPEG" and image.size == (1300, 500)
 
 
+def committed_summary():
+    with open(os.path.join(ROOT, "output", "results.json")) as f:
+        return json.load(f)["summary"]
+
+
+def assert_in_readme(table, what):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert table in f.read(), f"regenerate the README's {what} from output/results.md"
+
+
 def test_readme_main_table_is_the_committed_results_json():
     """The README's main table, the study's configuration, is results.json's, digit for digit."""
-    with open(os.path.join(ROOT, "output", "results.json")) as f:
-        summary = [r for r in json.load(f)["summary"] if r["variant"] == "default"]
+    summary = [r for r in committed_summary() if r["variant"] == "default"]
     assert summary, "output/results.json has no run of the study's configuration"
-    table = evaluate.markdown_tables(summary).split("\n\n")[0]
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), "regenerate the README's table from output/results.md"
+    assert_in_readme(evaluate.markdown_tables(summary).split("\n\n")[0], "main table")
 
 
 def summary_row(model, settings, latent, **values):
@@ -116,20 +123,15 @@ def test_study_table_places_the_study_against_each_seed():
 
 
 def test_readme_study_table_is_the_committed_results_json():
-    with open(os.path.join(ROOT, "output", "results.json")) as f:
-        summary = json.load(f)["summary"]
-    table = evaluate.study_table(summary)
+    table = evaluate.study_table(committed_summary())
     assert table, "output/results.json has no run to compare with the study"
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), "regenerate the README's comparison with the study from output/results.md"
+    assert_in_readme(table, "comparison with the study")
 
 
 def test_readme_rate_distortion_table_is_the_committed_results_json():
-    with open(os.path.join(ROOT, "output", "results.json")) as f:
-        table = evaluate.rate_distortion_table(json.load(f)["summary"])
+    table = evaluate.rate_distortion_table(committed_summary())
     assert table, "output/results.json has no beta sweep"
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), "regenerate the README's rate-distortion table from output/results.md"
+    assert_in_readme(table, "rate-distortion table")
 
 
 def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():

@@ -1,43 +1,51 @@
 """Sweeps past one machine: every run of a sweep as a job, through submitit (used by train.py).
 
     python train.py --seed 0 1 2 --launcher slurm --partition gpu   # 36 runs, one SLURM job array
+    python train.py --seed 0 1 2 --launcher slurm --wait            # ... and wait for them, then report
     python train.py --seed 0 1 2 --launcher local --jobs 4          # 4 runs at a time on this machine
 
-A job is train.py itself, with the sweep's flags narrowed to its run (--model, --latent, --seed)
-and --resume: a finished run is skipped, a run stopped by the scheduler (time limit, preemption) is
-requeued by submitit and continues from its last saved epoch, and the run lock keeps two jobs off
-one run. Every job writes into the same --out; python evaluate.py collects the results.
+A job is the command line `python train.py` with the sweep's flags narrowed to its run (--model,
+--latent, --seed) and --resume: a finished run is skipped, a run stopped by the scheduler (time
+limit, preemption) is requeued by submitit and continues from its last saved epoch, and the run
+lock keeps two jobs off one run. Every job writes into the same --out; python evaluate.py collects
+the results.
 """
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 import sys
+import time
 
 import submitit
+from submitit.core.utils import FailedJobError
 
-import train
 from common import UserError, load_checkpoint
 from data import ensure_mnist
 from models import MODEL_NAMES
-from runs import checkpoint_path, group_label, variant, variant_label
+from runs import checkpoint_path, group_label, planned_runs, variant, variant_label
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+POLL_S = 3  # how often --wait asks squeue
+# squeue's states of a job that will not run again (a requeued job is PENDING, so still running)
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+# reasons for which SLURM keeps a job pending for ever
+NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS"}
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """train.py for each of a job's runs in turn. On a time limit or preemption submitit calls
-    checkpoint(), inherited: the same job with the same commands is queued again, and --resume
-    makes it continue from the last saved epoch."""
+    """Runs its train.py command lines one after another. On a time limit or preemption submitit
+    calls checkpoint(), inherited: the same job with the same commands is queued again, and
+    --resume makes each continue from its last saved epoch."""
 
     def __call__(self, commands):
-        failed = []
-        for argv in commands:
-            try:
-                train.main(argv)
-            except UserError as e:  # the run's one-line error, in the job's log
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                failed.append(str(e))
+        failed = 0
+        for argv in commands:  # a run's one-line error goes to the job's log, from train.py itself
+            failed += subprocess.run([sys.executable, TRAIN_PY, *argv]).returncode != 0
         if failed:  # fails the job, so the scheduler reports it too
-            raise RuntimeError(f"{len(failed)} of {len(commands)} runs failed: " + "; ".join(failed))
+            raise RuntimeError(f"{failed} of {len(commands)} runs failed; their errors are above")
 
 
 def describe(config, train_config):
@@ -60,34 +68,35 @@ def finished(path, epochs):
 
 
 def launch(args, argv):
-    runs = train.planned_runs(args)
-    ensure_mnist(args.data_dir)  # once, here: compute nodes often have no internet
-    # jobs import this repository's modules, wherever they start
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    folder = os.path.join(args.out, "jobs")  # submitit names each log by its job id
-    if args.launcher == "slurm":
-        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    runs = planned_runs(args)
+    if args.launcher == "slurm":  # before anything is fetched or written
+        missing = [tool for tool in ("sbatch", "srun", "squeue") if shutil.which(tool) is None]
         if missing:
             raise UserError(f"--launcher slurm needs SLURM, and this machine has no {' or '.join(missing)} on its "
                             "PATH; --launcher local runs the jobs here")
-        executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(job_name="mnist-vae", partition=args.partition, time=args.time_min,
-                                   gpus_per_node=args.gpus_per_run or None, cpus_per_task=args.cpus_per_run,
-                                   array_parallelism=args.max_running, signal_delay_s=120)
-        commands = job_commands(args, argv, runs, threads=args.cpus_per_run)  # PyTorch would count the node's cores
-        jobs = executor.map_array(TrainJob(), [[command] for command in commands])
-        groups = [[run] for run in runs]
+    ensure_mnist(args.data_dir)  # once, here: compute nodes often have no internet
+    # a job unpickles TrainJob, so it imports this module, wherever it starts
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    folder = os.path.join(args.out, "jobs")  # submitit names each log by its job id
+    if args.launcher == "slurm":
+        jobs, groups = slurm_jobs(args, argv, runs, folder)
     else:
         jobs, groups = local_jobs(args, argv, runs, folder)
     for job, group in zip(jobs, groups):
         print(f"job {job.job_id}: {', '.join(describe(*run) for run in group)}; log {job.paths.stderr}")
     if args.launcher == "slurm":
-        print(f"submitted {len(jobs)} runs as SLURM array {jobs[0].job_id.split('_')[0]}; when they are done, "
-              "python evaluate.py collects the results (squeue shows them meanwhile)")
-        return
-    print(f"{len(jobs)} local jobs running; waiting for them (their logs are named above)", flush=True)
-    for job in jobs:
-        job.exception()  # waits; the outcome is read from the checkpoints below
+        array = jobs[0].job_id.split("_")[0]
+        print(f"submitted {len(jobs)} runs as SLURM array {array}", flush=True)
+        if not args.wait:
+            print("when they are done, python evaluate.py collects the results (squeue shows them meanwhile; "
+                  "--wait waits for them)")
+            return
+        print("waiting for them (squeue shows them too)", flush=True)
+        wait_for_slurm(array)
+    else:
+        print(f"{len(jobs)} local jobs running; waiting for them (their logs are named above)", flush=True)
+        for job in jobs:
+            job.exception()  # waits; the outcome is read from the checkpoints below
     failed = [(describe(*run), job) for job, group in zip(jobs, groups) for run in group
               if not finished(checkpoint_path(args.out, *run), args.epochs)]
     for name, job in failed:
@@ -95,6 +104,72 @@ def launch(args, argv):
     if failed:
         raise UserError(f"{len(failed)} of {len(runs)} runs did not finish; the same command resumes them")
     print(f"all {len(runs)} runs finished; python evaluate.py collects the results")
+
+
+def slurm_jobs(args, argv, runs, folder):
+    """One SLURM job array, a task per run; sbatch's refusal becomes a one-line error, and the
+    files written for the refused submission are removed."""
+    executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(job_name="mnist-vae", partition=args.partition, time=args.time_min,
+                               gpus_per_node=args.gpus_per_run or None, cpus_per_task=args.cpus_per_run,
+                               array_parallelism=args.max_running, signal_delay_s=120)
+    commands = job_commands(args, argv, runs, threads=args.cpus_per_run)  # PyTorch would count the node's cores
+    created = [p for p in (args.out, folder) if not os.path.isdir(p)]
+    before = set() if created else set(os.listdir(folder))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal; ours is one line
+            jobs = executor.map_array(TrainJob(), [[command] for command in commands])
+    except FailedJobError as e:
+        if created:
+            shutil.rmtree(created[0], ignore_errors=True)
+        else:
+            for name in set(os.listdir(folder)) - before:
+                path = os.path.join(folder, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        raise UserError(sbatch_refusal(str(e), args))
+    return jobs, [[run] for run in runs]
+
+
+def sbatch_refusal(message, args):
+    """sbatch's own words, and what to change where the cause is known."""
+    said = [line.split("error:", 1)[1].strip() for line in message.splitlines() if "error:" in line]
+    text = "sbatch refused the sweep: " + "; ".join(dict.fromkeys(said or [message.strip() or "no reason given"]))
+    if "gres" in text.lower() and args.gpus_per_run:
+        text += f" (it asked for {args.gpus_per_run} GPU per run; a cluster without GPUs needs --gpus-per-run 0)"
+    elif "invalid partition" in text.lower():
+        text += f" (no partition {args.partition!r} here; sinfo lists the partitions)"
+    elif "more processors requested" in text.lower():
+        text += f" (--cpus-per-run {args.cpus_per_run} is more than a node has; sinfo -o '%P %c' shows CPUs per node)"
+    elif "time limit" in text.lower():
+        text += f" (--time-min {args.time_min} is above what the partition allows; sinfo -o '%P %l' shows the limits)"
+    return text
+
+
+def slurm_states(array):
+    """{task id: (state, reason)} of the array's tasks that squeue still knows."""
+    result = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array, "-o", "%i %T %r"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:  # the array is gone from the controller's memory: every task ended
+        return {}
+    return {task: (state, reason) for task, state, reason in (line.split(None, 2) for line in result.stdout.splitlines())}
+
+
+def wait_for_slurm(array):
+    """Until no task of the array can run again, asking squeue (there may be no accounting for sacct)."""
+    try:
+        while True:
+            states = slurm_states(array)
+            stuck = {task: reason for task, (state, reason) in states.items()
+                     if state == "PENDING" and reason in NEVER_STARTS}
+            if stuck:
+                task, reason = next(iter(stuck.items()))
+                raise UserError(f"SLURM will never start job {task} ({reason}); scancel {array} and submit again "
+                                "with settings the partition allows (sinfo -o '%P %l %D' lists its limits)")
+            if all(state in ENDED for state, _ in states.values()):
+                return
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        raise UserError(f"stopped waiting; the jobs go on (squeue -j {array} shows them)")
 
 
 def local_jobs(args, argv, runs, folder):

@@ -51,6 +51,14 @@ def train_config(config, settings):
     return TrainConfig(**values)
 
 
+def planned_runs(args):
+    """Every run the flags ask for, as (ModelConfig, TrainConfig), seed by seed."""
+    kinds = ["ae", "vae"] if args.model == "both" else [args.model]
+    return [(config, train_config(config, {**vars(args), "seed": seed}))
+            for seed in args.seed for kind in kinds for latent in args.latent
+            for config in [ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden), code_relu=args.code_relu)]]
+
+
 def variant(config, train):
     """The settings that differ from the study's, as ((name, value), ...); model, latent size and
     seed are the axes of every table, so they are not part of it. () is the study's configuration."""

@@ -17,7 +17,7 @@ from common import (UserError, load_checkpoint, pick_device, run_cli, run_lock, 
 from data import load_splits
 from metrics import evaluate
 from models import MODEL_NAMES, ModelConfig, build_model, loss_terms
-from runs import Run, TrainConfig, checkpoint_path, group_label, train_config, variant, variant_label
+from runs import Run, TrainConfig, checkpoint_path, group_label, planned_runs, variant, variant_label
 
 # Subnormal floats (below 1.2e-38) are common late in training, as gradients of saturated sigmoids at
 # MNIST's always-black border pixels and Adam moments of dead units, and take a slow path on CPUs: a
@@ -66,6 +66,8 @@ def get_args(argv=None):
     p.add_argument("--jobs", type=int, default=2,
                    help="local: runs at a time, one GPU each where there are several, else a share of the "
                         "CPU cores (default: 2)")
+    p.add_argument("--wait", action="store_true",
+                   help="slurm: wait for the jobs to end, then report as local does (default: submit and return)")
     p.add_argument("--partition", default=None, help="slurm: partition (default: the cluster's default)")
     p.add_argument("--time-min", type=int, default=60,
                    help="time limit of a run in minutes; a run stopped by it is requeued and resumes (default: 60)")
@@ -133,14 +135,6 @@ def make_step(model, optimizer, recon, beta, compile=False):
         return torch.stack([loss.detach(), squared_error.detach().sum(), kl.detach().sum()])
 
     return step
-
-
-def planned_runs(args):
-    """Every run the flags ask for, as (ModelConfig, TrainConfig), seed by seed."""
-    kinds = ["ae", "vae"] if args.model == "both" else [args.model]
-    return [(config, train_config(config, {**vars(args), "seed": seed}))
-            for seed in args.seed for kind in kinds for latent in args.latent
-            for config in [ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden), code_relu=args.code_relu)]]
 
 
 def existing_checkpoint(path, config, train, resume, device):

@@ -1,5 +1,6 @@
-"""Sweeps as jobs through submitit: the same results as the plain sweep, a SLURM array checked
-without a cluster, killed jobs that resume, failures that are reported."""
+"""Sweeps as jobs through submitit: the same results as the plain sweep, the GPU flags of a SLURM
+array (which the one-node cluster of test_slurm.py cannot show), killed jobs that resume, failures
+that are reported."""
 import os
 import re
 import signal
@@ -42,12 +43,13 @@ def test_local_jobs_equal_the_sequential_sweep_bit_for_bit(mnist_dir, tmp_path):
 
 
 def fake_slurm(tmp_path, monkeypatch):
-    """sbatch and srun stand-ins: sbatch keeps the script it was given and answers like SLURM."""
+    """sbatch, srun and squeue stand-ins: sbatch keeps the script it was given and answers like SLURM."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    for tool in ("sbatch", "srun"):
+    for tool in ("srun", "squeue"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun", "squeue"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return tmp_path / "submitted.sh"
@@ -77,14 +79,15 @@ def test_slurm_array_parameters_without_a_cluster(mnist_dir, tmp_path, monkeypat
     assert sorted(runs) == [("vae", [2], [0]), ("vae", [2], [1]), ("vae", [3], [0]), ("vae", [3], [1])]
 
 
-def test_slurm_missing_is_one_line(tmp_path):
+def test_slurm_missing_is_one_line_before_anything_is_fetched(tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # python, but no sbatch
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--launcher", "slurm",
-                             "--out", str(tmp_path), "--data-dir", os.path.join(ROOT, "data")],
+                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 1
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
     assert result.stderr.strip().splitlines() == [
-        "error: --launcher slurm needs SLURM, and this machine has no sbatch or srun on its PATH; "
+        "error: --launcher slurm needs SLURM, and this machine has no sbatch or srun or squeue on its PATH; "
         "--launcher local runs the jobs here"]
 
 

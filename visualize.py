@@ -16,6 +16,7 @@ import torch
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+import explorer
 from common import UserError, pick_device, run_cli, save_figure
 from data import load_splits
 from evaluate import select_latent
@@ -249,7 +250,12 @@ def main(argv=None):
         lowest_seeds = [seeds[0] for seeds in seeds_by_latent.values()]
         draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown,
              selected_latent(args.out, name, lowest_seeds), args.seed)
-    print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE")
+    chosen = explorer.page_runs(groups, lambda settings, by_latent: selected_latent(
+        args.out, group_label("VAE", variant_label(settings)), [seeds[0] for seeds in by_latent.values()]))
+    page = os.path.join(args.out, "explorer.html")
+    size = chosen and explorer.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
+    print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE" +
+          (f", and {page} ({size / 2**20:.1f} MB; open it in a browser)" if size else ""))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """bench.py is a benchmark, not a test; these check only its FLOP accounting and that it runs."""
 import json
 
+import pytest
+import torch
+
 import bench
 from models import ModelConfig, build_model
 
@@ -16,10 +19,23 @@ def test_matmul_flops_by_hand():
     assert bench.matmul_flops(shapes, batch) == forward + backward
 
 
+# The VAE 784-16-(2x2), decoder 2-16-784, counted by hand per image: forward 2 * (784*16 + 16*4 +
+# 2*16 + 16*784) = 50,368 FLOPs, the weight gradients as many again, the input gradients of every
+# layer but the first 2 * (16*4 + 2*16 + 16*784) = 25,280.
+FLOPS_PER_IMAGE = 50_368 + 50_368 + 25_280
+
+
+def test_one_epochs_flops_against_a_hand_count():
+    model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
+    _, flops = bench.roofline(model, n_images=1000, batch=300, repeats=1, device=torch.device("cpu"))  # batches 300, 300, 300, 100
+    assert flops == 1000 * FLOPS_PER_IMAGE
+
+
 def test_bench_runs_and_writes_its_figures(mnist_dir, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--hidden", "16", "--latent", "2", "--repeats", "1", "--skip-dataloader", "--device", "cpu",
                 "--data-dir", mnist_dir, "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["epoch_seconds"] > 0 and result["roofline_seconds"] > 0
-    assert result["fraction_of_roofline"] == result["roofline_seconds"] / result["epoch_seconds"]
+    assert result["images_per_epoch"] == 54_000
+    assert result["matmul_gflop_per_epoch"] == pytest.approx(54_000 * FLOPS_PER_IMAGE / 1e9, rel=1e-12)

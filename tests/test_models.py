@@ -87,6 +87,20 @@ def test_gradients_flow_through_reparameterization():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_reparameterized_samples_have_mean_mu_and_variance_exp_logvar():
+    """Over n draws, the sample mean is within 5 standard errors of mu (sigma / sqrt(n)) and the
+    sample variance within 5 of sigma^2 (sigma^2 sqrt(2 / (n - 1)) for a Gaussian); a slip such as
+    exp(logvar) for the standard deviation, or a missing 0.5, is tens of standard errors away."""
+    torch.manual_seed(0)
+    n = 200_000
+    mu = torch.tensor([-1.5, 0.0, 2.0, 0.3])
+    logvar = torch.tensor([-2.0, 0.7, 1.5, -0.5])  # none at 0, where exp(logvar) = exp(logvar / 2)
+    z = reparameterize(mu.expand(n, 4), logvar.expand(n, 4))
+    variance = logvar.exp()
+    assert ((z.mean(0) - mu).abs() < 5 * (variance / n).sqrt()).all()
+    assert ((z.var(0) - variance).abs() < 5 * variance * math.sqrt(2 / (n - 1))).all()
+
+
 def test_config_round_trip():
     config = ModelConfig(model="ae", latent=7, hidden=(32, 16))
     assert ModelConfig(**config.to_dict()) == config

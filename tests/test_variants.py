@@ -127,3 +127,14 @@ def test_train_py_defaults_are_the_studys_configuration():
     assert train_config(ModelConfig(model="vae", latent=2), vars(args) | {"seed": 0}) == TrainConfig()
     assert ModelConfig(model="vae", latent=2, hidden=tuple(args.hidden), code_relu=args.code_relu) == \
         ModelConfig(model="vae", latent=2)
+
+
+def test_the_defaults_are_the_studys_values():
+    """The study's configuration written out, not read back from the code that defines it."""
+    args = train.get_args([])
+    assert (args.model, args.latent, args.epochs, args.batch_size, args.lr, args.weight_decay, args.beta, args.recon,
+            args.hidden, args.code_relu, args.seed, args.split_seed, args.limit) == \
+        ("both", [2, 5, 10, 20, 50, 100], 50, 1024, 1e-3, 0.01, 1.0, "mse", [784, 784], False, [0], 0, None)
+    assert TrainConfig() == TrainConfig(beta=1.0, recon="mse", batch_size=1024, lr=1e-3, weight_decay=0.01, limit=None,
+                                        split_seed=0, seed=0)
+    assert ModelConfig() == ModelConfig(model="vae", latent=20, hidden=(784, 784), input_dim=784, code_relu=False)

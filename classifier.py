@@ -75,6 +75,7 @@ def load_or_train(path, splits, split_seed, epochs=6):
                 raise ValueError("another program's file")
             model = DigitCNN().to(splits["test"][0].device)
             model.load_state_dict(ckpt["model"])
+            ckpt["split_seed"], ckpt["test_accuracy"]  # both read below
         except Exception:
             raise UserError(f"{path} is not a readable classifier checkpoint: delete it and it will be retrained")
         if ckpt["split_seed"] != split_seed:

@@ -52,14 +52,33 @@ def atomic_write(path, write, mode="wb"):
 
 
 def pick_device(name):
+    """auto (CUDA when PyTorch sees it, else the CPU), cpu, cuda or cuda:N; anything else is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but PyTorch sees no CUDA device; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":  # mps, meta, xpu, ...: nothing here is built or tested for them
+        raise UserError(f"--device {name} is not supported; use auto, cpu or cuda")
+    return device
+
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.manual_seed and torch.Generator accept, less the negatives
+
+
+def check_seeds(**seeds):
+    """A seed outside SEED_RANGE is refused before anything runs: PyTorch would raise mid-run."""
+    for flag, values in seeds.items():
+        for value in values if isinstance(values, list) else [values]:
+            if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+                raise UserError(f"--{flag.replace('_', '-')} {value}: seeds are whole numbers from 0 to 2**64 - 1")
 
 
 @contextlib.contextmanager
@@ -109,6 +128,9 @@ def load_checkpoint(path, device="cpu"):
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; re-run train.py to regenerate it")
+    missing = [k for k in TRAIN_ARGS if not isinstance(ckpt["args"], dict) or k not in ckpt["args"]]
+    if missing:
+        raise UserError(f"{path} lacks the settings {', '.join(missing)}; re-run train.py to regenerate it")
     try:
         config = ModelConfig(**ckpt["config"])
         model = build_model(config).to(device)
@@ -121,6 +143,8 @@ def load_checkpoint(path, device="cpu"):
 
 CHECKPOINT_FORMAT = "mnist-vae-study/1"
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "split_seed", "rng", "versions")
+# what a checkpoint's "args" must hold: runs.TrainConfig's fields (its identity) and the epochs asked for
+TRAIN_ARGS = ("beta", "recon", "batch_size", "lr", "weight_decay", "limit", "split_seed", "seed", "epochs")
 
 
 def save_figure(fig, path, **kwargs):

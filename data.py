@@ -38,8 +38,11 @@ def raw_dir(data_dir):
 
 
 def md5(path):
-    with open(path, "rb") as f:
-        return hashlib.md5(f.read()).hexdigest()
+    try:
+        with open(path, "rb") as f:
+            return hashlib.md5(f.read()).hexdigest()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}")
 
 
 def verify(data_dir):

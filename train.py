@@ -12,8 +12,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (UserError, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint, versions,
-                    CHECKPOINT_FORMAT)
+from common import (UserError, check_seeds, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint,
+                    versions, CHECKPOINT_FORMAT)
 from data import load_splits
 from metrics import evaluate
 from models import MODEL_NAMES, ModelConfig, build_model, loss_terms
@@ -55,7 +55,8 @@ def get_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue each run from its checkpoint; finished runs are skipped (default: off)")
     p.add_argument("--limit", type=int, default=None,
-                   help="train on the first N training images only, for smoke runs (default: all 54,000)")
+                   help="train on N images of the training split only: the first N of its fixed random order, "
+                        "for smoke runs (default: all 54,000)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
@@ -85,6 +86,7 @@ def get_args(argv=None):
     for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_seeds(seed=args.seed, split_seed=args.split_seed)
     if args.weight_decay < 0 or args.beta < 0:
         p.error("--weight-decay and --beta must not be negative")
     # a setting that changes nothing for a model would retrain its study run under another name
@@ -210,7 +212,10 @@ def train_run(args, config, train, path, splits, device):
 def main(argv=None):
     args = get_args(argv)
     if args.launcher != "none":
-        from launch import launch  # only here: submitit is needed for launching alone
+        try:
+            from launch import launch  # only here: submitit is needed for launching alone
+        except ImportError as e:
+            raise UserError(f"--launcher {args.launcher} needs {e.name or 'submitit'}: pip install -r requirements.txt")
         return launch(args, sys.argv[1:] if argv is None else argv)
     device = pick_device(args.device)
     if device.type == "cuda":

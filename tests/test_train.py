@@ -1,12 +1,16 @@
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import data
 import train
 from common import UserError, load_checkpoint
+from models import ModelConfig, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +124,126 @@ def test_importing_train_flushes_subnormals(tmp_path):
     plain = subprocess.run([sys.executable, "-c", "import torch; print(float((torch.full((4096,), 1e-30) * 1e-9).sum()) > 0)"],
                            capture_output=True, text=True)
     assert plain.stdout.strip() == "True", "without it, the same product is kept"
+
+
+def test_history_is_per_pixel_mse_and_per_image_loss(mnist_dir, tmp_path):
+    """An Autoencoder on one batch of 128 images, one epoch: the logged training loss is the first
+    step's, the summed squared error per image of the initial model; the logged validation error is
+    the mean over all validation pixels of the trained model. Computed here without the repository's
+    helpers, so a dropped / 784 (or a summed loss logged per pixel) fails."""
+    train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--model", "ae", "--latent", "2", "--epochs", "1",
+                "--limit", "128", "--batch-size", "128", "--hidden", "16", "--device", "cpu"])
+    ckpt = torch.load(tmp_path / "Autoencoder" / "hidden_16_batch-size_128_limit_128" / "Autoencoder_latent_2.pt",
+                      weights_only=True)
+    splits = data.load_splits(mnist_dir, 0, "cpu", limit=128)
+    torch.manual_seed(0)
+    initial = build_model(ModelConfig(model="ae", latent=2, hidden=(16,)))  # as train.py builds it, seed 0
+    trained = build_model(ModelConfig(model="ae", latent=2, hidden=(16,)))
+    trained.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        x, val = splits["train"][0], splits["val"][0]
+        first_loss = ((initial(x)[0].double() - x.double()) ** 2).sum(1).mean().item()
+        val_mse = ((trained(val)[0].double() - val.double()) ** 2).mean().item()
+    assert ckpt["history"]["train_loss"] == [pytest.approx(first_loss, rel=1e-5)]
+    assert ckpt["history"]["train_mse"] == [pytest.approx(first_loss / 784, rel=1e-5)]
+    assert ckpt["history"]["val_mse"] == [pytest.approx(val_mse, rel=1e-5)]
+
+
+def test_recon_bce_trains_on_binary_cross_entropy(mnist_dir, tmp_path):
+    """The same one-step check with --recon bce: the first logged loss is the initial model's summed
+    binary cross entropy per image, and the run has a folder of its own."""
+    train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--model", "ae", "--latent", "2", "--epochs", "1",
+                "--limit", "128", "--batch-size", "128", "--hidden", "16", "--device", "cpu", "--recon", "bce"])
+    ckpt = torch.load(tmp_path / "Autoencoder" / "hidden_16_recon_bce_batch-size_128_limit_128" /
+                      "Autoencoder_latent_2.pt", weights_only=True)
+    x = data.load_splits(mnist_dir, 0, "cpu", limit=128)["train"][0].double()
+    torch.manual_seed(0)
+    initial = build_model(ModelConfig(model="ae", latent=2, hidden=(16,)))
+    with torch.no_grad():
+        p = initial(x.float())[0].double()
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean().item()
+    assert ckpt["args"]["recon"] == "bce"
+    assert ckpt["history"]["train_loss"] == [pytest.approx(bce, rel=1e-5)]
+
+
+def test_a_rerun_without_resume_retrains_from_scratch(mnist_dir, tmp_path, capsys):
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2")
+    path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
+    first = torch.load(path, weights_only=True)
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
+    again = torch.load(path, weights_only=True)
+    assert "retraining" in capsys.readouterr().out
+    assert again["epoch"] == 1 and again["history"]["val_mse"] == first["history"]["val_mse"][:1]
+
+
+def test_a_damaged_checkpoint_is_retrained_without_resume_and_refused_with_it(mnist_dir, tmp_path):
+    path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--resume")
+    assert path.read_bytes() == b"half a checkpoint", "kept when refused"
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
+    assert load_checkpoint(str(path))[0]["epoch"] == 1
+
+
+def test_split_seed_1_end_to_end(mnist_dir, tmp_path):
+    """Trained, validated and evaluated on split 1's validation images, and filed as a variant."""
+    import evaluate
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--split-seed", "1")
+    path = tmp_path / "Autoencoder" / f"{VARIANT}_split-seed_1" / "Autoencoder_latent_2.pt"
+    ckpt, model = load_checkpoint(str(path))
+    val_idx = data.split_indices(60000, 1)[1]
+    assert not torch.equal(val_idx, data.split_indices(60000, 0)[1])
+    images = data.load_mnist(mnist_dir)[0][val_idx].reshape(-1, 784).float() / 255
+    with torch.no_grad():
+        val_mse = ((model(images)[0].double() - images.double()) ** 2).mean().item()
+    assert ckpt["split_seed"] == 1 and ckpt["history"]["val_mse"] == [pytest.approx(val_mse, rel=1e-5)]
+    evaluate.main(["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    (entry,) = results["runs"]
+    assert results["split_seeds"] == [1] and entry["split_seed"] == 1
+    assert entry["val"]["mse"] == pytest.approx(val_mse, rel=1e-5)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:7", "cuda"), ("mps", "--device mps is not supported; use auto, cpu or cuda"),
+    ("meta", "--device meta is not supported"), ("gpu", "unknown device 'gpu'")])
+def test_devices_this_machine_lacks_are_one_line(mnist_dir, tmp_path, device, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--device", device)
+
+
+@pytest.mark.parametrize("flags", [["--seed", "-1"], ["--seed", "0", str(2**64)], ["--split-seed", "-3"]])
+def test_seeds_torch_cannot_take_are_one_line(tmp_path, flags):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags, "--out", str(tmp_path / "out"),
+                             "--data-dir", str(tmp_path / "data")], capture_output=True, text=True)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("seeds are whole numbers from 0 to 2**64 - 1") and line.startswith("error: --")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_checkpoint_with_incomplete_settings_is_one_line(mnist_dir, tmp_path):
+    import common
+    from runs import TrainConfig
+    from dataclasses import fields
+    assert common.TRAIN_ARGS == tuple(f.name for f in fields(TrainConfig)) + ("epochs",)
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
+    path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["args"]["lr"], ckpt["args"]["split_seed"]
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match="lacks the settings lr, split_seed; re-run train.py"):
+        load_checkpoint(str(path))
+    for script in ("evaluate.py", "visualize.py"):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--out", str(tmp_path), "--data-dir",
+                                 mnist_dir, "--device", "cpu"], capture_output=True, text=True)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_launcher_without_submitit_is_one_line(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed: importing it raises
+    monkeypatch.delitem(sys.modules, "launch", raising=False)
+    with pytest.raises(UserError, match=r"--launcher local needs submitit: pip install -r requirements.txt"):
+        run_train(mnist_dir, tmp_path, "--launcher", "local")

@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import sys
 
 import torch
 
@@ -59,15 +60,18 @@ def layers(sequential):
 
 def model_entry(run, name, test, whole=True, plane=False, sliders=False):
     """What the page knows of one run: its weights (the decoder alone unless whole), its test
-    codes for a plane, or its active dimensions for sliders."""
+    codes for a plane, or its active dimensions for sliders; None for weights or codes that are not
+    finite."""
     model, (test_x, test_y) = run.model, test
+    codes = encode_means(model, test_x).float()
+    if not all(torch.isfinite(p).all() for p in model.parameters()) or not torch.isfinite(codes).all():
+        return None
     entry = {"name": name, "kind": run.config.model, "latent": run.config.latent,
              "checkpoint": run.path, "epochs": run.ckpt["epoch"],
              "test_mse": float((reconstruct(model, test_x) - test_x).pow(2).mean()),
              "decoder": {"layers": layers(model.decoder)}}
     if whole:
         entry["encoder"] = {"layers": layers(model.encoder), "final_relu": run.config.code_relu}
-    codes = encode_means(model, test_x).float()
     if plane:
         keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))[:N_POINTS].to(codes.device)
         low, high = torch.quantile(codes, 0.005, dim=0), torch.quantile(codes, 0.995, dim=0)
@@ -104,9 +108,13 @@ def write_page(chosen, test, path):
     """Fill the template with the chosen runs and write the page; the slider decoder is left out if
     the page would exceed PAGE_LIMIT with it. Returns the page's size in bytes, or None when there
     is no latent-2 model to show."""
-    if not any(plane for *_, plane, _ in chosen):
-        return None
-    entries = [model_entry(run, name, test, whole, plane, sliders) for run, name, whole, plane, sliders in chosen]
+    entries = []
+    for run, name, whole, plane, sliders in chosen:
+        entry = model_entry(run, name, test, whole, plane, sliders)
+        if entry is None:
+            print(f"leaving {run.path} out of the explorer: its weights or codes are not finite", file=sys.stderr)
+        else:
+            entries.append(entry)
     entries = [e for e in entries if e.get("sliders", {"dims": [0]})["dims"]]  # no active dimension: no sliders
     with open(TEMPLATE) as f:
         template = f.read()
@@ -114,9 +122,11 @@ def write_page(chosen, test, path):
             "the page was written by python visualize.py.")
 
     def fill(models):
-        data = json.dumps({"models": models, "note": note}, separators=(",", ":"))
+        data = json.dumps({"models": models, "note": note}, separators=(",", ":"), allow_nan=False)
         return template.replace("/*DATA*/", data.replace("</", "<\\/"))  # JSON inside a script element
 
+    if not any("plane" in e for e in entries):
+        return None
     page = fill(entries)
     if len(page.encode()) > PAGE_LIMIT:
         page = fill([e for e in entries if "sliders" not in e])

@@ -17,10 +17,10 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 import explorer
-from common import UserError, pick_device, run_cli, save_figure
+from common import UserError, check_seeds, pick_device, run_cli, save_figure
 from data import load_splits
-from evaluate import select_latent
-from metrics import encode_means, generate, latent_prior, reconstruct
+from evaluate import mean_std, select_latent
+from metrics import encode_means, generate, latent_prior, measure, reconstruct
 from models import MODEL_NAMES
 from runs import group_label, load_runs, variant_folder, variant_label
 
@@ -183,10 +183,10 @@ def plot_interpolation(name, model, x, labels, path):
     plt.close(fig)
 
 
-def selected_latent(out, name, runs):
+def selected_latent(out, name, seeds_by_latent, val):
     """The selected latent size of one model and variant (`name` as in results.json, e.g. "VAE (beta
-    0.5)"): evaluate.py's choice when it has made one, otherwise the same rule on each checkpoint's
-    final validation MSE."""
+    0.5)"): evaluate.py's choice when it has made one, otherwise evaluate.py's rule applied here (its
+    validation MSE with z = mu, mean over the seeds)."""
     path = os.path.join(out, "results.json")
     if os.path.exists(path):
         try:
@@ -194,9 +194,13 @@ def selected_latent(out, name, runs):
                 selection = json.load(f)["selection"]
             if name in selection:
                 return selection[name]["selected"]
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{path} is unreadable or incomplete: run python evaluate.py to regenerate it")
-    return select_latent({run.config.latent: run.ckpt["history"]["val_mse"][-1] for run in runs})[1]
+    val_mse = {latent: mean_std([measure(run.model, *val)["mse"] for run in runs])[0]
+               for latent, runs in seeds_by_latent.items()}
+    return select_latent(val_mse)[1]
 
 
 def get_args(argv=None):
@@ -206,7 +210,9 @@ def get_args(argv=None):
     p.add_argument("--data-dir", default="data", help="where MNIST lives (default: data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoded random samples (default: 0)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_seeds(seed=args.seed)
+    return args
 
 
 def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
@@ -230,7 +236,11 @@ def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
     plot_reconstruction_grid(name, run.model, selected, test_x[:64], os.path.join(folder, "reconstruction_grid.jpg"))
     manifold = seeds_by_latent[2][0].model if 2 in seeds_by_latent else None
     sampled = run.model if selected != 2 or manifold is None else None
-    plot_decoding_grid(name, manifold, sampled, splits["train"][0], seed, os.path.join(folder, "decoding_grid.jpg"))
+    try:
+        plot_decoding_grid(name, manifold, sampled, splits["train"][0], seed, os.path.join(folder, "decoding_grid.jpg"))
+    except torch.linalg.LinAlgError:  # the Autoencoder's samples come from a Gaussian fitted to its codes
+        raise UserError(f"{name}: its codes are too degenerate to fit a Gaussian to (constant or not finite), "
+                        f"so no decoding grid can be drawn; retrain it (the figures before it are written)")
     plot_latent_space(name, runs, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
     plot_interpolation(name, run.model, test_x, test_y, os.path.join(folder, "interpolation.jpg"))
 
@@ -247,11 +257,11 @@ def main(argv=None):
         splits = splits_by_seed[next(iter(seeds_by_latent.values()))[0].train.split_seed]
         name = group_label(MODEL_NAMES[kind], variant_label(settings))
         shown = splits["test"][0][comparison_indices(splits["test"][1])]
-        lowest_seeds = [seeds[0] for seeds in seeds_by_latent.values()]
         draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown,
-             selected_latent(args.out, name, lowest_seeds), args.seed)
+             selected_latent(args.out, name, seeds_by_latent, splits["val"]), args.seed)
     chosen = explorer.page_runs(groups, lambda settings, by_latent: selected_latent(
-        args.out, group_label("VAE", variant_label(settings)), [seeds[0] for seeds in by_latent.values()]))
+        args.out, group_label("VAE", variant_label(settings)), by_latent,
+        splits_by_seed[next(iter(by_latent.values()))[0].train.split_seed]["val"]))
     page = os.path.join(args.out, "explorer.html")
     size = chosen and explorer.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
     print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE" +

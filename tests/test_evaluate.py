@@ -118,11 +118,22 @@ def test_classifier_measurements(mnist_dir, outputs):
     results = run_evaluate(mnist_dir, outputs, "--seed", "0")
     assert results["classifier"]["test_accuracy"] == test_accuracy
     floor = results["classifier"]["frechet_floor_val_vs_test"]
+    net, _ = classifier.load_or_train(str(outputs / "classifier.pt"), splits, 0)
+    test_x, test_y = load_splits(mnist_dir, 0, "cpu")["test"]
     for entry in results["runs"]:
-        assert 0 <= entry["classifier_accuracy"] <= 1
+        ckpt = torch.load(entry["checkpoint"], weights_only=True)
+        model = build_model(ModelConfig(**ckpt["config"])).eval()
+        model.load_state_dict(ckpt["model"])
+        with torch.no_grad():  # z = mu, and the digit it is read as, without the repository's helpers
+            means = model.encode(test_x)[0].double()
+            read_as = net(model.decode(means.float())).argmax(1)
+        assert entry["classifier_accuracy"] == pytest.approx((read_as == test_y).double().mean().item(), abs=1e-6)
+        assert entry["classifier_accuracy"] < test_accuracy - 0.1, "tiny models lose digits the originals keep"
         assert entry["frechet_distance"] > floor >= 0, "tiny models generate worse than real images"
         assert ("active_units" in entry) == (entry["model"] == "VAE")
-        assert 0 <= entry.get("active_units", 0) <= entry["latent"]
+        if entry["model"] == "VAE":
+            variances = ((means - means.mean(0)) ** 2).sum(0) / (len(means) - 1)
+            assert entry["active_units"] == sum(v > 0.01 for v in variances.tolist())
     for name in ("classifier_accuracy.jpg", "frechet_distance.jpg", "VAE/active_units.jpg"):
         with Image.open(outputs / name) as image:
             assert image.format == "JPEG" and image.size == (700, 450)
@@ -153,9 +164,13 @@ def test_visualize_writes_every_figure(mnist_dir, outputs):
                 image.load()
 
 
-def test_visualize_without_results_json_selects_by_itself(mnist_dir, outputs):
+def test_visualize_without_results_json_selects_by_evaluates_rule(mnist_dir, outputs):
     visualize.main(["--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu"])
-    assert len(list((outputs / "VAE" / VARIANT).glob("train_val_latent_*_MSE.jpg"))) == 1
+    drawn = {model: [p.name for p in (outputs / model / VARIANT).glob("train_val_latent_*_MSE.jpg")]
+             for model in ("Autoencoder", "VAE")}
+    results = run_evaluate(mnist_dir, outputs)
+    for model, names in drawn.items():
+        assert names == [f"train_val_latent_{results['selection'][f'{model} ({LABEL})']['selected']}_MSE.jpg"]
 
 
 def cli(script, *args):
@@ -199,3 +214,61 @@ def test_unfinished_runs_are_left_out(mnist_dir, outputs, capsys):
     results = run_evaluate(mnist_dir, outputs)
     assert ("VAE", 3) not in {(e["model"], e["latent"]) for e in results["runs"]}
     assert "leaving out" in capsys.readouterr().err
+
+
+def test_a_multi_seed_sweep_through_evaluate(mnist_dir, tmp_path, monkeypatch):
+    """Two seeds of one configuration: one row with their mean and sample standard deviation, per
+    digit too, and the per-digit figure draws those spreads as error bars."""
+    train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--model", "ae", "--latent", "2", "--epochs", "1",
+                "--limit", "512", "--hidden", "16", "--seed", "0", "1", "--device", "cpu"])
+    import matplotlib.axes
+    drawn = []
+    errorbar = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda ax, x, y, *a, **k: drawn.append((list(x), y, k.get("yerr"))) or errorbar(ax, x, y, *a, **k))
+    results = run_evaluate(mnist_dir, tmp_path)
+    (row,) = results["summary"]
+    a, b = (e["test"] for e in results["runs"])
+    assert row["seeds"] == [0, 1] and [e["seed"] for e in results["runs"]] == [0, 1]
+    assert row["test_mse"] == pytest.approx((a["mse"] + b["mse"]) / 2, rel=1e-12)
+    assert row["test_mse_std"] == pytest.approx(abs(a["mse"] - b["mse"]) / 2 ** 0.5, rel=1e-9)
+    spreads = [abs(x - y) / 2 ** 0.5 for x, y in zip(a["mse_per_digit"], b["mse_per_digit"])]
+    assert row["test_mse_per_digit_std"] == pytest.approx(spreads, rel=1e-9)
+    (per_digit,) = [d for d in drawn if d[0] == list(range(10))]
+    assert per_digit[1] == pytest.approx(row["test_mse_per_digit"]) and per_digit[2] == pytest.approx(spreads)
+    assert "| Autoencoder | 2 | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_visualize_draws_around_a_checkpoint_of_nans(mnist_dir, outputs):
+    path = outputs / "VAE" / VARIANT / "VAE_latent_2.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"] = {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+    result = cli("visualize.py", "--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "leaving " + str(path) + " out of the explorer: its weights or codes are not finite" in result.stderr
+    assert (outputs / "VAE" / VARIANT / "comparison_1.jpg").exists()
+
+
+def error_line(result):
+    """The one error line of a failed script (after any progress bar), checked to be the only one."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    return errors[0]
+
+
+def test_unreadable_results_json_is_one_line(mnist_dir, outputs):
+    (outputs / "results.json").mkdir()  # unreadable as a file, even for root
+    result = cli("visualize.py", "--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu")
+    assert error_line(result) == f"error: cannot read {outputs / 'results.json'}: Is a directory"
+
+
+def test_a_degenerate_autoencoder_code_is_one_line_in_visualize(mnist_dir, outputs):
+    path = outputs / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
+    ckpt = torch.load(path, weights_only=True)
+    last = [k for k in ckpt["model"] if k.startswith("encoder.") and k.endswith(".weight")][-1]
+    ckpt["model"][last] = torch.zeros_like(ckpt["model"][last])  # every image gets the same code: no spread
+    torch.save(ckpt, path)
+    result = cli("visualize.py", "--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu")
+    assert error_line(result).startswith(f"error: Autoencoder ({LABEL}): its codes are too degenerate to fit a Gaussian")

@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from classifier import accuracy, features, frechet_distance, load_or_train
-from common import atomic_write, pick_device, run_cli, save_figure
-from data import load_splits
+from common import atomic_write, check_seeds, pick_device, run_cli, save_figure
+from data import N_VAL, load_splits
 from metrics import active_units, dead_units, encode_means, finite_or_none, generate, measure, reconstruct
 from models import MODEL_NAMES
 from runs import group_label, load_runs, variant_folder, variant_label
@@ -333,6 +333,23 @@ def plot_results(summary, floor, out):
     plot_rate_distortion(summary, os.path.join(out, "VAE", "rate_distortion.jpg"))
 
 
+def report(results):
+    """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
+    summary, info = results["summary"], results["classifier"]
+    notes = selection_lines(results["selection"])
+    if info:
+        notes.append(f"digit classifier: {info['test_accuracy']:.2%} test accuracy; Frechet distance of the real "
+                     f"validation images to the test set (the floor): {fmt(info['frechet_floor_val_vs_test'], digits=2)} "
+                     f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
+                     "finite-sample bias, so a floor set a little high)")
+    text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    for heading, table in (("Against the study's published test results (evaluate.STUDY)", study_table(summary)),
+                           ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary))):
+        if table:
+            text += f"\n{heading}:\n\n{table}"
+    return text
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", default=None, help="folder of checkpoints to read (default: the --out folder)")
@@ -344,7 +361,9 @@ def get_args(argv=None):
                    help="digit classifier checkpoint, trained there on first use (default: OUT/classifier.pt)")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the classifier accuracy and Frechet distance (default: measure them)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_seeds(seed=args.seed)
+    return args
 
 
 def main(argv=None):
@@ -372,16 +391,7 @@ def main(argv=None):
             f"size whose validation MSE is within {TOLERANCE:.0%} of that lowest")
     results = {"selection_rule": rule, "seed": args.seed, "split_seeds": split_seeds, "classifier": classifier_info,
                "selection": chosen, "summary": summary, "runs": entries}
-    tables = markdown_tables(summary)
-    notes = selection_lines(chosen)
-    if classifier_info:
-        notes.append(f"digit classifier: {classifier_info['test_accuracy']:.2%} test accuracy; Frechet distance "
-                     f"of the real validation images to the test set (the floor): {fmt(floor, digits=2)}")
-    text = tables + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
-    for heading, table in (("Against the study's published test results (evaluate.STUDY)", study_table(summary)),
-                           ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary))):
-        if table:
-            text += f"\n{heading}:\n\n{table}"
+    text = report(results)
     payload = json.dumps(results, indent=1, allow_nan=False)
     atomic_write(os.path.join(args.out, "results.json"), lambda f: f.write(payload), mode="w")
     atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(text), mode="w")

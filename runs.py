@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-2  # PyTorch's AdamW default
-    limit: Optional[int] = None  # train on the first N training images only (smoke runs)
+    limit: Optional[int] = None  # train on N images of the shuffled training split only (smoke runs)
     split_seed: int = 0  # the 54k/6k train/validation split
     seed: int = 0  # initialisation, batch order, sampling
 

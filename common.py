@@ -143,7 +143,8 @@ def load_checkpoint(path, device="cpu"):
 
 CHECKPOINT_FORMAT = "mnist-vae-study/1"
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "args", "epoch", "history", "split_seed", "rng", "versions")
-# what a checkpoint's "args" must hold: runs.TrainConfig's fields (its identity) and the epochs asked for
+# what a checkpoint's "args" must hold: runs.TrainConfig's fields that every checkpoint has had (its
+# identity; later fields default when missing) and the epochs asked for
 TRAIN_ARGS = ("beta", "recon", "batch_size", "lr", "weight_decay", "limit", "split_seed", "seed", "epochs")
 
 

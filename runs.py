@@ -33,6 +33,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2  # PyTorch's AdamW default
     limit: Optional[int] = None  # train on N images of the shuffled training split only (smoke runs)
+    binarize: bool = False  # dynamically binarized MNIST (Burda et al. 2016): pixels drawn 0/1 anew at every use
+    iw_samples: int = 1  # the VAE's bound: 1 is the ELBO, K > 1 the K-sample importance-weighted bound (IWAE)
     split_seed: int = 0  # the 54k/6k train/validation split
     seed: int = 0  # initialisation, batch order, sampling
 
@@ -40,14 +42,15 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and f.name != "recon":
-                object.__setattr__(self, f.name, float(value) if f.type is float else int(value))
+                object.__setattr__(self, f.name, {float: float, bool: bool}.get(f.type, int)(value))
 
 
 def train_config(config, settings):
     """A run's TrainConfig from a dict holding its fields: argparse's, or a checkpoint's "args"."""
-    values = {f.name: settings[f.name] for f in fields(TrainConfig)}
-    if config.model == "ae":
-        values["beta"] = TrainConfig.beta  # no KL term: beta changes nothing, so it names no variant
+    # a setting added after a checkpoint was written is missing from it, and had its default then
+    values = {f.name: settings.get(f.name, f.default) for f in fields(TrainConfig)}
+    if config.model == "ae":  # no KL term and no q(z|x): these change nothing, so they name no variant
+        values["beta"], values["iw_samples"] = TrainConfig.beta, TrainConfig.iw_samples
     return TrainConfig(**values)
 
 

@@ -16,7 +16,7 @@ from common import (UserError, check_seeds, load_checkpoint, pick_device, run_cl
                     versions, CHECKPOINT_FORMAT)
 from data import load_splits
 from metrics import evaluate
-from models import MODEL_NAMES, ModelConfig, build_model, loss_terms
+from models import MODEL_NAMES, ModelConfig, build_model, iw_bound, log_weights, loss_terms
 from runs import Run, TrainConfig, checkpoint_path, group_label, planned_runs, variant, variant_label
 
 # Subnormal floats (below 1.2e-38) are common late in training, as gradients of saturated sigmoids at
@@ -41,6 +41,12 @@ def get_args(argv=None):
     p.add_argument("--beta", type=float, default=TrainConfig.beta, help="weight of the KL term, VAE only (default: %(default)s)")
     p.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
                    help="reconstruction loss summed over pixels: mse or bce (default: %(default)s, the study's)")
+    p.add_argument("--binarize", action="store_true",
+                   help="dynamically binarized MNIST: training pixels drawn 0/1 anew at every use, validation and "
+                        "test drawn once with data.BINARIZE_SEED; needs --recon bce (default: off, grey pixels)")
+    p.add_argument("--iw-samples", type=int, default=TrainConfig.iw_samples,
+                   help="VAE only: train on the K-sample importance-weighted bound (IWAE); 1 is the ELBO "
+                        "(default: %(default)s)")
     p.add_argument("--hidden", type=int, nargs="+", default=list(ModelConfig.hidden),
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
     p.add_argument("--code-relu", action="store_true",
@@ -92,6 +98,13 @@ def get_args(argv=None):
     # a setting that changes nothing for a model would retrain its study run under another name
     if args.beta != TrainConfig.beta and args.model != "vae":
         p.error("--beta weighs the VAE's KL term; the Autoencoder has none: add --model vae")
+    if args.iw_samples < 1:
+        p.error("--iw-samples must be at least 1")
+    if args.iw_samples != TrainConfig.iw_samples and (args.model != "vae" or args.beta != TrainConfig.beta):
+        p.error("--iw-samples bounds the VAE's log-likelihood, with beta 1: add --model vae (and no --beta)")
+    # MSE on 0/1 pixels would be a Gaussian around values that are never in between: no likelihood of them
+    if args.binarize and args.recon != "bce":
+        p.error("--binarize is for the Bernoulli decoder: add --recon bce")
     if args.code_relu and args.model != "ae":
         p.error("--code-relu is for the Autoencoder: add --model ae")
     return args
@@ -125,12 +138,16 @@ def train_epoch(model, step, x, batch_size, generator):
     return stats
 
 
-def make_step(model, optimizer, recon, beta, compile=False):
+def make_step(model, optimizer, recon, beta, compile=False, binarize=False, iw_samples=1):
     forward = torch.compile(model) if compile else model
 
     def step(x):
+        if binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
+            x = torch.bernoulli(x)
         x_hat, mu, logvar = forward(x)
         loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, recon, beta)
+        if iw_samples > 1:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
+            loss = -iw_bound(log_weights(model, x, iw_samples, recon)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,7 +195,7 @@ def train_run(args, config, train, path, splits, device):
     elif os.path.exists(path):
         print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
     model.train()
-    step = make_step(model, optimizer, train.recon, train.beta, args.compile)
+    step = make_step(model, optimizer, train.recon, train.beta, args.compile, train.binarize, train.iw_samples)
     train_x, val_x = splits["train"][0], splits["val"][0]
     pixels = train_x.shape[1]
     name = f"{group_label(MODEL_NAMES[config.model], variant_label(variant(config, train)))} latent {config.latent}"
@@ -221,7 +238,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x the fp32 rate, ample for this loss
         torch.backends.cudnn.allow_tf32 = True
-    splits = load_splits(args.data_dir, args.split_seed, device, args.limit)
+    splits = load_splits(args.data_dir, args.split_seed, device, args.limit, binarize=args.binarize)
     threads = torch.get_num_threads()  # restored on return: a caller (a test, a notebook) keeps its own
     if args.threads:
         torch.set_num_threads(args.threads)

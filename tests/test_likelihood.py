@@ -1,0 +1,173 @@
+"""The test log-likelihood: the importance-weighted estimate against log p(x) integrated on a grid,
+the bound's rise with k, k = 1 against the loss's ELBO; dynamically binarized MNIST; the IWAE
+objective."""
+import json
+import math
+
+import pytest
+import torch
+
+import evaluate
+import models
+import train
+from data import load_splits
+from metrics import log_px
+from models import ModelConfig, build_model, kl_divergence, log_weights
+
+TINY = ["--latent", "2", "--limit", "256", "--batch-size", "64", "--hidden", "16", "--device", "cpu"]
+BINARY = ["--model", "vae", "--recon", "bce", "--binarize"]
+
+
+@pytest.fixture(scope="module")
+def images(mnist_dir):
+    return load_splits(mnist_dir, 0, "cpu", binarize=True)["test"][0][:6].double()
+
+
+def latent_1_model():
+    """A VAE small enough to integrate: latent 1, its decoder's output sharpened so that p(x|z)
+    changes a lot with z and a poor bound is visibly below log p(x)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="vae", latent=1, hidden=(16,))).double().eval()
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(2)
+    return model
+
+
+def exact_log_px(model, x):
+    """log of the integral of p(x|z) N(z; 0, 1) dz, by the rectangle rule on a fine grid of z."""
+    z = torch.linspace(-12, 12, 24001, dtype=torch.float64)[:, None]  # 4 times finer changes it by < 1e-5
+    with torch.no_grad():
+        logits = model.decoder(z)
+        log_joint = torch.stack([models.log_likelihood(logits, image) for image in x], 1) - 0.5 * (z ** 2 + math.log(2 * math.pi))
+    return torch.logsumexp(log_joint, dim=0) + math.log(z[1, 0] - z[0, 0])
+
+
+def test_the_estimate_with_many_samples_is_log_px(images):
+    model = latent_1_model()
+    exact = exact_log_px(model, images)
+    estimate = log_px(model, images, k=5000, batch_size=3, chunk=1000)
+    # importance sampling's own noise at k = 5000 is a few hundredths of a nat here; a missing
+    # log k or log q term would be off by nats
+    assert (estimate - exact).abs().max() < 0.1, (estimate, exact)
+    assert exact.max() < -500, "real images, far from trivially likely"
+
+
+def test_the_bound_rises_with_k(images):
+    model = latent_1_model()
+    exact = exact_log_px(model, images).mean()
+    bounds = [log_px(model, images, k, seed=1).mean() for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2] < exact + 0.2  # below log p(x) in expectation; 0.2: its noise
+    assert exact - bounds[0] > 1, "the ELBO is a loose bound for this model: the test can tell k apart"
+
+
+def test_k_1_is_the_elbo_of_the_loss(images):
+    """The mean of k = 1 log weights is the ELBO, E_q[log p(x|z)] - KL, which the loss minimises
+    (with the KL in closed form) with bce: equal within 4 Monte Carlo standard errors."""
+    model = latent_1_model()
+    torch.manual_seed(2)
+    draws = 20000
+    log_w = log_weights(model, images, draws)  # (draws, images)
+    with torch.no_grad():
+        mu, logvar = model.encode(images)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(draws, *mu.shape, dtype=mu.dtype)
+        reconstruction = -torch.nn.functional.binary_cross_entropy(model.decode(z), images.expand(draws, -1, -1),
+                                                                    reduction="none").sum(-1).mean(0)
+    elbo = reconstruction - kl_divergence(mu, logvar)
+    standard_error = log_w.std(0) / math.sqrt(draws)
+    assert ((log_w.mean(0) - elbo).abs() < 4 * standard_error + 1e-6).all()
+
+
+def test_binarized_validation_and_test_images_are_one_fixed_draw(mnist_dir):
+    a, b = load_splits(mnist_dir, 0, "cpu", binarize=True), load_splits(mnist_dir, 1, "cpu", binarize=True)
+    assert torch.equal(a["test"][0], b["test"][0]) and set(a["test"][0].unique().tolist()) == {0.0, 1.0}
+    grey = load_splits(mnist_dir, 0, "cpu")["test"][0]
+    assert ((a["test"][0] == 1) <= (grey > 0)).all(), "only inked pixels can be drawn as 1"
+    assert abs(a["test"][0].mean() - grey.mean()) < 0.002, "drawn with the pixels' intensities as probabilities"
+
+
+def test_a_binarized_epochs_images_are_0_or_1_and_new_each_epoch(mnist_dir, tmp_path, monkeypatch):
+    seen = []
+    forward = models.Autoencoder.forward
+
+    def recording(self, x, sample=True):
+        if self.training:
+            seen.append(x.detach().clone())
+        return forward(self, x, sample)
+
+    monkeypatch.setattr(models.Autoencoder, "forward", recording)
+    train.main([*BINARY, *TINY, "--epochs", "2", "--batch-size", "256", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    first, second = seen  # one batch of all 256 images per epoch, in another order each time
+    assert set(torch.cat(seen).unique().tolist()) == {0.0, 1.0}
+    assert first.sum() != second.sum(), "drawn anew, not binarized once"
+
+
+def test_resume_stays_bit_exact_with_binarize(mnist_dir, tmp_path):
+    def run(out, epochs, *extra):
+        train.main([*BINARY, *TINY, "--epochs", str(epochs), "--data-dir", mnist_dir, "--out", str(out), *extra])
+        return torch.load(out / "VAE" / "hidden_16_recon_bce_batch-size_64_limit_256_binarize" / "VAE_latent_2.pt",
+                          weights_only=True)
+    whole = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 1)
+    resumed = run(tmp_path / "b", 3, "--resume")
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    assert all(whole["history"][k] == resumed["history"][k] for k in whole["history"] if k != "seconds")
+
+
+def test_iw_samples_1_trains_exactly_as_before_and_k_5_is_a_run_of_its_own(mnist_dir, tmp_path):
+    folder = "VAE/hidden_16_batch-size_64_limit_256"
+    for out, extra in (("plain", []), ("one", ["--iw-samples", "1"]), ("five", ["--iw-samples", "5"])):
+        train.main(["--model", "vae", *TINY, "--epochs", "1", "--data-dir", mnist_dir, "--out", str(tmp_path / out),
+                    *extra])
+    plain, one = (torch.load(tmp_path / out / folder / "VAE_latent_2.pt", weights_only=True) for out in ("plain", "one"))
+    assert all(torch.equal(plain["model"][k], one["model"][k]) for k in plain["model"])
+    five = torch.load(tmp_path / "five" / "VAE" / "hidden_16_batch-size_64_limit_256_iw-samples_5" / "VAE_latent_2.pt",
+                      weights_only=True)
+    assert not torch.equal(five["model"]["decoder.0.weight"], plain["model"]["decoder.0.weight"])
+
+
+def test_the_iwae_loss_is_minus_the_k_sample_bound(mnist_dir, monkeypatch):
+    """One step of --iw-samples 3 on a fixed batch: its logged loss is -iw_bound of 3 log weights
+    drawn from the same random state, computed here from the formula."""
+    x = load_splits(mnist_dir, 0, "cpu", limit=32)["train"][0]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        model(x)  # the step's ELBO pass draws first; then the 3 importance samples
+        log_w = log_weights(model, x, 3, "mse")
+    expected = -(torch.logsumexp(log_w, 0) - math.log(3)).mean()
+    torch.set_rng_state(state)
+    stats = train.make_step(model, optimizer, "mse", 1.0, iw_samples=3)(x)
+    assert float(stats[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "vae", "--binarize"], "--binarize is for the Bernoulli decoder: add --recon bce"),
+    (["--model", "ae", "--iw-samples", "5"], "--iw-samples bounds the VAE's log-likelihood"),
+    (["--model", "vae", "--iw-samples", "5", "--beta", "2"], "with beta 1"),
+    (["--model", "vae", "--iw-samples", "0"], "--iw-samples must be at least 1"),
+])
+def test_settings_that_make_no_likelihood_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train.get_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_test_nll_where_the_decoder_is_a_likelihood(mnist_dir, tmp_path):
+    train.main([*BINARY, *TINY, "--epochs", "2", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    train.main(["--model", "vae", *TINY, "--epochs", "2", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    evaluate.main(["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier",
+                   "--nll-samples", "20"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    by_variant = {e["variant"]: e for e in results["runs"]}
+    binary, grey = by_variant["hidden 16, recon bce, batch-size 64, limit 256, binarize"], by_variant[
+        "hidden 16, batch-size 64, limit 256"]
+    assert grey.get("test_nll") is None and grey.get("test_elbo") is None
+    assert binary["nll_samples"] == 20 and 0 < binary["test_nll"] < -binary["test_elbo"], "the bound is below log p(x)"
+    model = train.load_checkpoint(binary["checkpoint"])[1]
+    test_x = load_splits(mnist_dir, 0, "cpu", binarize=True)["test"][0]
+    assert binary["test_nll"] == pytest.approx(-log_px(model, test_x, 20).mean().item(), rel=1e-6)
+    rows = {r["variant"]: r for r in results["summary"]}
+    assert rows[binary["variant"]]["test_nll"] == binary["test_nll"] and rows[grey["variant"]]["test_nll"] is None
+    assert "test NLL (nats)" in (tmp_path / "results.md").read_text()

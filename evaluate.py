@@ -8,6 +8,7 @@ active units, the Autoencoder's dead code units, a digit classifier's accuracy o
 reconstructions, and the Frechet distance of decoded samples to the test set.
 """
 import argparse
+import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from classifier import accuracy, features, frechet_distance, load_or_train
-from common import atomic_write, check_seeds, pick_device, run_cli, save_figure
+from common import UserError, atomic_write, check_seeds, pick_device, run_cli, save_figure
 from data import N_VAL, load_splits
 from metrics import active_units, dead_units, encode_means, finite_or_none, generate, log_px, measure, reconstruct
 from models import MODEL_NAMES
@@ -80,6 +81,34 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0):
             entry["frechet_distance"] = finite_or_none(frechet_distance(features(net, samples), test_features))
         except RuntimeError:  # a code distribution too degenerate to fit or factor
             entry["frechet_distance"] = None
+    return entry
+
+
+MEASURES_VERSION = 1  # bump when measure_run measures differently: every cached measurement is then redone
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def cached(run, key, measure):
+    """measure() of one run, or what was measured before under the same key, kept beside its
+    checkpoint (VAE_latent_20.measured.json): adding a run to a finished study measures that run alone."""
+    path = os.path.splitext(run.path)[0] + ".measured.json"
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            return saved["entry"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: measured again
+    entry = measure()
+    payload = json.dumps({"key": key, "entry": entry}, allow_nan=False)
+    try:
+        atomic_write(path, lambda f: f.write(payload), mode="w")
+    except UserError:
+        pass  # a folder of checkpoints that cannot be written to: measured every time instead
     return entry
 
 
@@ -409,10 +438,14 @@ def main(argv=None):
         floor = finite_or_none(frechet_distance(features(net, reference["val"][0]), test_features))
         classifier_info = {"checkpoint": path, "test_accuracy": test_accuracy,
                            "frechet_floor_val_vs_test": floor}
+    classifier_sha = sha256(classifier_info["checkpoint"]) if classifier_info else None
     entries = []
     for run in tqdm(runs, desc="evaluating", unit="checkpoint", leave=False):
-        entries.append({"checkpoint": run.path, **measure_run(run, splits(run.train.split_seed, run.train.binarize),
-                                                             args.seed, judge, args.nll_samples)})
+        key = {"measures": MEASURES_VERSION, "checkpoint_sha256": sha256(run.path), "seed": args.seed,
+               "nll_samples": args.nll_samples if defines_likelihood(run) else None, "classifier_sha256": classifier_sha}
+        entry = cached(run, key, lambda: measure_run(run, splits(run.train.split_seed, run.train.binarize), args.seed,
+                                                     judge, args.nll_samples))
+        entries.append({"checkpoint": run.path, **entry})
     summary = summarize(entries)
     chosen = selections(summary)
     rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "

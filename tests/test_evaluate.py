@@ -272,3 +272,24 @@ def test_a_degenerate_autoencoder_code_is_one_line_in_visualize(mnist_dir, outpu
     torch.save(ckpt, path)
     result = cli("visualize.py", "--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu")
     assert error_line(result).startswith(f"error: Autoencoder ({LABEL}): its codes are too degenerate to fit a Gaussian")
+
+
+def test_evaluate_measures_only_what_changed(mnist_dir, outputs, monkeypatch):
+    first = run_evaluate(mnist_dir, outputs)
+    measured = []
+    measure_run = evaluate.measure_run
+    monkeypatch.setattr(evaluate, "measure_run", lambda run, *a: measured.append(run.path) or measure_run(run, *a))
+    assert run_evaluate(mnist_dir, outputs) == first and measured == [], "nothing changed: nothing measured"
+    changed = outputs / "VAE" / VARIANT / "VAE_latent_3.pt"
+    ckpt = torch.load(changed, weights_only=True)
+    ckpt["model"]["decoder.0.bias"] += 0.1
+    torch.save(ckpt, changed)
+    train.main(["--data-dir", mnist_dir, "--out", str(outputs), "--model", "ae", "--latent", "4", "--epochs", "1",
+                "--limit", "1024", "--batch-size", "256", "--hidden", "32", "--device", "cpu"])
+    again = run_evaluate(mnist_dir, outputs)
+    assert sorted(measured) == sorted([str(changed), str(outputs / "Autoencoder" / VARIANT / "Autoencoder_latent_4.pt")])
+    assert [e for e in again["runs"] if e["checkpoint"] != str(changed) and e["latent"] != 4] == \
+        [e for e in first["runs"] if e["checkpoint"] != str(changed)]
+    measured.clear()
+    run_evaluate(mnist_dir, outputs, "--no-classifier", "--seed", "1")
+    assert len(measured) == 5, "another setting: everything measured again"

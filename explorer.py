@@ -199,8 +199,8 @@ def screenshot(page, png):
         ActionChains(driver).move_to_element_with_offset(plane, 40, -60).perform()
         ms = driver.execute_script("const t = performance.now(); for (let i = 0; i < 200; i++) "
                                    "explorer.decode(explorer.models[0], [i / 100 - 1, 0.5]); return (performance.now() - t) / 200")
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1400, height + 40)
+        for _ in range(2):  # the page reflows at the new size: measure again
+            driver.set_window_size(1400, driver.execute_script("return document.documentElement.scrollHeight") + 140)
         data = driver.get_screenshot_as_png()
     finally:
         driver.quit()

@@ -1,3 +1,4 @@
+import getpass
 import os
 import socket
 import subprocess
@@ -48,7 +49,9 @@ def slurm_conf(tmp_path_factory):
     if started is None or started.returncode != 0:
         reason = "timed out" if started is None else (started.stderr.strip().splitlines() or ["no message"])[-1]
         require(f"no local SLURM cluster: {reason}")
+    conf = started.stdout.strip().split("=", 1)[1]
     try:
-        yield started.stdout.strip().split("=", 1)[1]
-    finally:
+        yield conf
+    finally:  # jobs first, so that none outlives its cluster
+        subprocess.run(["scancel", "--user", getpass.getuser()], env={**env, "SLURM_CONF": conf}, capture_output=True)
         subprocess.run(["bash", script, "stop"], env=env, capture_output=True)

@@ -180,14 +180,14 @@ def markdown_tables(summary):
                ("KL (nats)", "test_kl", 2), ("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
                ("active units", "active_units", 1), ("dead units", "dead_units", 1),
                ("classifier acc.", "classifier_accuracy", 4), ("Frechet dist.", "frechet_distance", 2)]
-    columns = [c for c in columns if any(r[c[1]] is not None for r in summary)]
+    columns = [c for c in columns if any(r.get(c[1]) is not None for r in summary)]  # results.json may predate one
     # a variant column only where there is more than one variant: the study's table keeps its shape
     keys = ["model"] + (["variant"] if len({r["variant"] for r in summary}) > 1 else []) + ["latent"]
     lines = ["| " + " | ".join(keys + ["seeds"] + [name for name, _, _ in columns]) + " |",
              "|" + "---|" * (len(keys) + 1 + len(columns))]
     for r in summary:
         cells = [str(r[k]) for k in keys] + [str(len(r["seeds"]))]
-        cells += [fmt(r[key], r[key + "_std"], digits) for _, key, digits in columns]
+        cells += [fmt(r.get(key), r.get(key + "_std"), digits) for _, key, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Test MSE per digit (z = mu):", "",
               "| " + " | ".join(keys + [str(d) for d in range(10)]) + " |", "|" + "---|" * (len(keys) + 10)]

@@ -86,11 +86,11 @@ def model_entry(run, name, test, whole=True, plane=False, sliders=False):
     return entry
 
 
-def page_runs(groups, selected_latent):
+def page_runs(groups, selected):
     """The runs the page is built from, as (run, name, whole, plane, sliders): each model's latent-2
     run of the study's configuration (of the first variant that has one where the study's has
     none), lowest seed; and the selected latent size of that VAE's variant, decoder only.
-    groups: {(kind, settings): {latent: [runs, by seed]}}."""
+    groups: {(kind, settings): {latent: [runs, by seed]}}; selected: {(kind, settings): latent size}."""
     chosen = []
     for kind in ("ae", "vae"):
         options = [(settings, by_latent) for (k, settings), by_latent in groups.items() if k == kind and 2 in by_latent]
@@ -98,7 +98,7 @@ def page_runs(groups, selected_latent):
             continue
         settings, by_latent = min(options, key=lambda o: o[0] != ())
         chosen.append((by_latent[2][0], f"{MODEL_NAMES[kind]} latent 2", True, True, False))
-        latent = selected_latent(settings, by_latent) if kind == "vae" else None
+        latent = selected.get((kind, settings)) if kind == "vae" else None
         if latent is not None and latent != 2 and latent in by_latent:
             chosen.append((by_latent[latent][0], f"VAE latent {latent}", False, False, True))
     return chosen
@@ -115,7 +115,7 @@ def write_page(chosen, test, path):
             print(f"leaving {run.path} out of the explorer: its weights or codes are not finite", file=sys.stderr)
         else:
             entries.append(entry)
-    entries = [e for e in entries if e.get("sliders", {"dims": [0]})["dims"]]  # no active dimension: no sliders
+    entries = [e for e in entries if "sliders" not in e or e["sliders"]["dims"]]  # no active dimension: no sliders
     with open(TEMPLATE) as f:
         template = f.read()
     note = ("Weights are stored as int8 with one float32 scale per output row and computed with in float32; "
@@ -191,6 +191,7 @@ def screenshot(page, png):
     milliseconds the page takes to decode one image (mean of 200, on a latent-2 model)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import WebDriverException
     driver = open_browser()
     try:
         load_page(driver, page)
@@ -202,6 +203,8 @@ def screenshot(page, png):
         for _ in range(2):  # the page reflows at the new size: measure again
             driver.set_window_size(1400, driver.execute_script("return document.documentElement.scrollHeight") + 140)
         data = driver.get_screenshot_as_png()
+    except WebDriverException as e:  # a page that never finishes loading, a browser that went away
+        raise UserError(f"{page} did not work in headless Chromium: {(e.msg or type(e).__name__).splitlines()[0]}")
     finally:
         driver.quit()
     atomic_write(png, lambda f: f.write(data))

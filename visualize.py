@@ -253,15 +253,15 @@ def main(argv=None):
         groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
     split_seeds = {seeds[0].train.split_seed for by_latent in groups.values() for seeds in by_latent.values()}
     splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
+    selected = {}  # {(model, variant): latent size}, for the figures and the explorer page
     for (kind, settings), seeds_by_latent in tqdm(groups.items(), desc="drawing", unit="variant", leave=False):
         splits = splits_by_seed[next(iter(seeds_by_latent.values()))[0].train.split_seed]
         name = group_label(MODEL_NAMES[kind], variant_label(settings))
         shown = splits["test"][0][comparison_indices(splits["test"][1])]
-        draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown,
-             selected_latent(args.out, name, seeds_by_latent, splits["val"]), args.seed)
-    chosen = explorer.page_runs(groups, lambda settings, by_latent: selected_latent(
-        args.out, group_label("VAE", variant_label(settings)), by_latent,
-        splits_by_seed[next(iter(by_latent.values()))[0].train.split_seed]["val"]))
+        selected[kind, settings] = selected_latent(args.out, name, seeds_by_latent, splits["val"])
+        draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown, selected[kind, settings],
+             args.seed)
+    chosen = explorer.page_runs(groups, selected)
     page = os.path.join(args.out, "explorer.html")
     size = chosen and explorer.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
     print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE" +

@@ -33,7 +33,7 @@ def study(mnist_dir, tmp_path_factory):
     groups = {}
     for run in runs:
         groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
-    chosen = explorer.page_runs(groups, lambda settings, by_latent: 3)
+    chosen = explorer.page_runs(groups, {key: 3 for key in groups})
     test = load_splits(mnist_dir, 0, "cpu")["test"]
     page = out / "page.html"
     explorer.write_page(chosen, test, str(page))

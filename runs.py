@@ -76,7 +76,7 @@ def _words(settings, between, name_value, items):
         name = name.replace("_", "-")  # spelled as its flag
         if value is True:
             return name
-        if isinstance(value, tuple):
+        if isinstance(value, (tuple, list)):  # a list where the settings were read back from JSON
             value = items.join(map(str, value))
         return name + name_value + (repr(value) if isinstance(value, float) else str(value))  # repr: exact
     return between.join(text(*s) for s in settings)
@@ -85,6 +85,11 @@ def _words(settings, between, name_value, items):
 def variant_label(settings):
     """How tables and legends name a variant: "default", or e.g. "beta 0.5, hidden 512 256"."""
     return _words(settings, ", ", " ", " ") or "default"
+
+
+def variant_flags(settings):
+    """The train.py flags that make a variant: {"recon": "bce", "binarize": True} -> "--recon bce --binarize"."""
+    return " ".join("--" + words for words in _words(dict(settings).items(), "\n", " ", " ").split("\n") if words)
 
 
 def group_label(model_name, label):

@@ -3,6 +3,7 @@ the bound's rise with k, k = 1 against the loss's ELBO; dynamically binarized MN
 objective."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import train
 from data import load_splits
 from metrics import log_px
 from models import ModelConfig, build_model, kl_divergence, log_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--latent", "2", "--limit", "256", "--batch-size", "64", "--hidden", "16", "--device", "cpu"]
 BINARY = ["--model", "vae", "--recon", "bce", "--binarize"]
@@ -170,4 +173,30 @@ def test_evaluate_reports_the_test_nll_where_the_decoder_is_a_likelihood(mnist_d
     assert binary["test_nll"] == pytest.approx(-log_px(model, test_x, 20).mean().item(), rel=1e-6)
     rows = {r["variant"]: r for r in results["summary"]}
     assert rows[binary["variant"]]["test_nll"] == binary["test_nll"] and rows[grey["variant"]]["test_nll"] is None
-    assert "test NLL (nats)" in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert "test NLL (nats)" in report
+    ours = [line for line in report.splitlines() if "this repository, `--hidden 16 --recon bce" in line]
+    assert len(ours) == 1 and f"| 20 | {binary['test_nll']:.2f} (1 seed) |" in ours[0], "the benchmark table, its k"
+
+
+def likelihood_row(nll, spread, seeds, **settings):
+    return {"model": "VAE", "latent": 50, "settings": {"recon": "bce", "binarize": True, **settings},
+            "seeds": list(range(seeds)), "epochs": [30] * seeds, "nll_samples": 5000,
+            "test_nll": nll, "test_nll_std": spread}
+
+
+def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
+    table = evaluate.likelihood_table([
+        likelihood_row(91.25, 0.125, 3, batch_size=128),
+        likelihood_row(89.5, 0.0, 1, batch_size=128, iw_samples=5),
+        dict(likelihood_row(None, None, 1), settings={}),  # the study's VAE: no likelihood, no row
+    ])
+    lines = table.splitlines()[2:]
+    assert [line.split(" | ")[-2] for line in lines] == ["86.76", "85.54", "84.78", "89.78", "91.25 ± 0.12 (3 seeds)",
+                                                        "89.50 (1 seed)"]
+    assert [line.split(" | ")[-1] for line in lines[-2:]] == ["+4.49 |", "+2.74 |"], "distance to Burda et al.'s VAE"
+    assert lines[-1].startswith("| IWAE, K = 5 | this repository, `--recon bce --binarize --batch-size 128 --iw-samples 5`")
+    assert "| 784-784-784-50, ReLU | 30 epochs, batch 128 | 5000 |" in lines[-1]
+    assert "| static binarization | 784-400-40, ReLU | 500 epochs | 200 |" in lines[3], "pythae's is other data"
+    assert evaluate.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
+

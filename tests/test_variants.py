@@ -9,7 +9,8 @@ import train
 import visualize
 from common import CHECKPOINT_FORMAT, UserError, versions
 from models import ModelConfig, build_model
-from runs import TrainConfig, checkpoint_path, train_config, variant, variant_folder, variant_label
+from runs import (TrainConfig, checkpoint_path, planned_runs, train_config, variant, variant_flags, variant_folder,
+                  variant_label)
 
 
 def test_default_names_are_the_studys_and_every_other_setting_names_a_folder():
@@ -28,6 +29,18 @@ def test_default_names_are_the_studys_and_every_other_setting_names_a_folder():
     # exact floats: two nearby settings never share a folder
     assert variant_folder("o", "vae", variant(vae, TrainConfig(beta=0.1))) != \
         variant_folder("o", "vae", variant(vae, TrainConfig(beta=0.1000001)))
+
+
+def test_a_variants_flags_train_that_variant_again():
+    """Tables name a variant by its train.py flags (variant_flags): read back from results.json, as
+    evaluate does, they must parse to the very same run."""
+    config = ModelConfig(model="vae", latent=50, hidden=(512, 256))
+    settings = TrainConfig(recon="bce", lr=3e-4, binarize=True, iw_samples=5, batch_size=128)
+    read_back = json.loads(json.dumps(dict(variant(config, settings))))
+    flags = variant_flags(read_back)
+    assert flags == "--hidden 512 256 --recon bce --batch-size 128 --lr 0.0003 --binarize --iw-samples 5"
+    assert planned_runs(train.get_args(["--model", "vae", "--latent", "50", *flags.split()])) == [(config, settings)]
+    assert variant_flags({}) == ""
 
 
 def test_beta_names_no_autoencoder_variant():

@@ -149,7 +149,7 @@ def summarize(entries):
         # each seed's own value where a range or a count per run tells more than mean and spread
         row["by_seed"] = {key: [METRICS[key](e) for e in group] for key in ("test_mse", "dead_units")
                           if METRICS[key](group[0]) is not None}
-        row["epochs"] = [e["epochs"] for e in group]  # not part of a run's identity: --resume may extend one seed
+        row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
         row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
         per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
         row["test_mse_per_digit"], row["test_mse_per_digit_std"] = map(list, zip(*per_digit))

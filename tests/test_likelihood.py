@@ -201,7 +201,6 @@ def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
     assert evaluate.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
 
 
-
 def test_readme_benchmark_table_is_the_committed_results_json():
     with open(os.path.join(ROOT, "output", "likelihood", "results.json")) as f:
         table = evaluate.likelihood_table(json.load(f)["summary"])

@@ -296,7 +296,7 @@ def likelihood_table(summary):
     for r in rows:
         settings = r["settings"]
         iw = settings.get("iw_samples", TrainConfig.iw_samples)
-        widths = "-".join(map(str, [784, *settings.get("hidden", ModelConfig.hidden), r["latent"]]))
+        widths = "-".join(map(str, [ModelConfig.input_dim, *settings.get("hidden", ModelConfig.hidden), r["latent"]]))
         epochs = "/".join(str(e) for e in sorted(set(r["epochs"])))
         seeds = f"{len(r['seeds'])} seed" + ("s" if len(r["seeds"]) > 1 else "")
         lines.append(f"| {'VAE' if iw == 1 else f'IWAE, K = {iw}'} | this repository, `{variant_flags(settings)}` "

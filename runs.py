@@ -89,7 +89,7 @@ def variant_label(settings):
 
 def variant_flags(settings):
     """The train.py flags that make a variant: {"recon": "bce", "binarize": True} -> "--recon bce --binarize"."""
-    return " ".join("--" + words for words in _words(dict(settings).items(), "\n", " ", " ").split("\n") if words)
+    return "--" + _words(dict(settings).items(), " --", " ", " ") if settings else ""
 
 
 def group_label(model_name, label):

@@ -70,6 +70,15 @@ def pick_device(name):
     return device
 
 
+def check_precision(precision, device):
+    """bf16 where the device runs it natively; a GPU without bf16 units (before NVIDIA's Ampere) would
+    emulate it or fail mid-run, so it is refused here. Every CPU runs it (fast where it has AVX-512
+    BF16 or AMX; python bench.py measures it)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                        "use --precision fp32")
+
+
 SEED_RANGE = (0, 2**64 - 1)  # what torch.manual_seed and torch.Generator accept, less the negatives
 
 

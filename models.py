@@ -55,10 +55,14 @@ class Autoencoder(nn.Module):
 
     def encode(self, x):
         """The code's mean and log-variance; a deterministic code has no variance (None)."""
-        return self.encoder(x), None
+        return at_least_float32(self.encoder(x)), None
+
+    def logits(self, z):
+        """The decoder's output before the sigmoid."""
+        return at_least_float32(self.decoder(z))
 
     def decode(self, z):
-        return torch.sigmoid(self.decoder(z))
+        return torch.sigmoid(self.logits(z))
 
     def forward(self, x, sample=True):
         mu, logvar = self.encode(x)
@@ -71,8 +75,25 @@ class VAE(Autoencoder):
         return 2 * self.config.latent  # mean and log-variance of q(z|x)
 
     def encode(self, x):
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        mu, logvar = at_least_float32(self.encoder(x)).chunk(2, dim=-1)
         return mu, logvar
+
+
+def at_least_float32(t):
+    """bf16 layer outputs (under matmul_precision) back in float32, so that everything after the
+    matmuls (sigmoid, losses, KL, log weights and their sums) is float32; float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def matmul_precision(precision, device_type):
+    """Where the encoder's and decoder's matrix multiplies run: fp32 as they are, bf16 under autocast
+    (bfloat16 inputs and weights, float32 accumulation). Weights and their gradients stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def reparameterize(mu, logvar):
@@ -129,7 +150,7 @@ def log_weights(model, x, k, recon="bce"):
     z = mu + torch.exp(0.5 * logvar) * eps
     log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
     log_posterior = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
-    return log_likelihood(model.decoder(z), x, recon) + log_prior - log_posterior
+    return log_likelihood(model.logits(z), x, recon) + log_prior - log_posterior
 
 
 def iw_bound(log_w):

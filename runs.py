@@ -35,14 +35,15 @@ class TrainConfig:
     limit: Optional[int] = None  # train on N images of the shuffled training split only (smoke runs)
     binarize: bool = False  # dynamically binarized MNIST (Burda et al. 2016): pixels drawn 0/1 anew at every use
     iw_samples: int = 1  # the VAE's bound: 1 is the ELBO, K > 1 the K-sample importance-weighted bound (IWAE)
+    precision: str = "fp32"  # the matmuls' number format: "fp32" (the study's) or "bf16" (models.matmul_precision)
     split_seed: int = 0  # the 54k/6k train/validation split
     seed: int = 0  # initialisation, batch order, sampling
 
     def __post_init__(self):  # 1 and 1.0 are one setting, whether typed or read back from a checkpoint
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and f.name != "recon":
-                object.__setattr__(self, f.name, {float: float, bool: bool}.get(f.type, int)(value))
+            if value is not None:
+                object.__setattr__(self, f.name, {float: float, bool: bool, str: str}.get(f.type, int)(value))
 
 
 def train_config(config, settings):

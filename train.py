@@ -12,11 +12,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (UserError, check_seeds, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint,
+from common import (UserError, check_precision, check_seeds, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint,
                     versions, CHECKPOINT_FORMAT)
 from data import load_splits
 from metrics import evaluate
-from models import MODEL_NAMES, ModelConfig, build_model, iw_bound, log_weights, loss_terms
+from models import (MODEL_NAMES, PRECISIONS, ModelConfig, build_model, iw_bound, log_weights, loss_terms,
+                    matmul_precision)
 from runs import Run, TrainConfig, checkpoint_path, group_label, planned_runs, variant, variant_label
 
 # Subnormal floats (below 1.2e-38) are common late in training, as gradients of saturated sigmoids at
@@ -47,6 +48,9 @@ def get_args(argv=None):
     p.add_argument("--iw-samples", type=int, default=TrainConfig.iw_samples,
                    help="VAE only: train on the K-sample importance-weighted bound (IWAE); 1 is the ELBO "
                         "(default: %(default)s)")
+    p.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
+                   help="number format of the matmuls: fp32, or bf16 with float32 weights, optimizer and loss "
+                        "(default: %(default)s, the study's)")
     p.add_argument("--hidden", type=int, nargs="+", default=list(ModelConfig.hidden),
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
     p.add_argument("--code-relu", action="store_true",
@@ -138,16 +142,18 @@ def train_epoch(model, step, x, batch_size, generator):
     return stats
 
 
-def make_step(model, optimizer, recon, beta, compile=False, binarize=False, iw_samples=1):
+def make_step(model, optimizer, recon, beta, compile=False, binarize=False, iw_samples=1, precision="fp32"):
     forward = torch.compile(model) if compile else model
 
     def step(x):
         if binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
             x = torch.bernoulli(x)
-        x_hat, mu, logvar = forward(x)
+        with matmul_precision(precision, x.device.type):  # the model hands back float32 either way
+            x_hat, mu, logvar = forward(x)
+            log_w = log_weights(model, x, iw_samples, recon) if iw_samples > 1 else None
         loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, recon, beta)
-        if iw_samples > 1:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
-            loss = -iw_bound(log_weights(model, x, iw_samples, recon)).mean()
+        if log_w is not None:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
+            loss = -iw_bound(log_w).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -195,7 +201,8 @@ def train_run(args, config, train, path, splits, device):
     elif os.path.exists(path):
         print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
     model.train()
-    step = make_step(model, optimizer, train.recon, train.beta, args.compile, train.binarize, train.iw_samples)
+    step = make_step(model, optimizer, train.recon, train.beta, args.compile, train.binarize, train.iw_samples,
+                     train.precision)
     train_x, val_x = splits["train"][0], splits["val"][0]
     pixels = train_x.shape[1]
     name = f"{group_label(MODEL_NAMES[config.model], variant_label(variant(config, train)))} latent {config.latent}"
@@ -235,6 +242,7 @@ def main(argv=None):
             raise UserError(f"--launcher {args.launcher} needs {e.name or 'submitit'}: pip install -r requirements.txt")
         return launch(args, sys.argv[1:] if argv is None else argv)
     device = pick_device(args.device)
+    check_precision(args.precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x the fp32 rate, ample for this loss
         torch.backends.cudnn.allow_tf32 = True

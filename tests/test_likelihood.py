@@ -202,8 +202,8 @@ def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
 
 
 def test_readme_benchmark_table_is_the_committed_results_json():
-    with open(os.path.join(ROOT, "output", "likelihood", "results.json")) as f:
+    with open(os.path.join(ROOT, "results", "likelihood", "results.json")) as f:
         table = evaluate.likelihood_table(json.load(f)["summary"])
     assert table, "output/likelihood/results.json has no test NLL"
     with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), "regenerate the README's benchmark table from output/likelihood/results.md"
+        assert table in f.read(), "regenerate the README's benchmark table from results/likelihood/results.md"

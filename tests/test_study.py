@@ -76,19 +76,19 @@ def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
 
 
 def committed_summary():
-    with open(os.path.join(ROOT, "output", "results.json")) as f:
+    with open(os.path.join(ROOT, "results", "study", "results.json")) as f:
         return json.load(f)["summary"]
 
 
 def assert_in_readme(table, what):
     with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), f"regenerate the README's {what} from output/results.md"
+        assert table in f.read(), f"regenerate the README's {what} from results/study/results.md"
 
 
 def test_readme_main_table_is_the_committed_results_json():
     """The README's main table, the study's configuration, is results.json's, digit for digit."""
     summary = [r for r in committed_summary() if r["variant"] == "default"]
-    assert summary, "output/results.json has no run of the study's configuration"
+    assert summary, "results/study/results.json has no run of the study's configuration"
     assert_in_readme(evaluate.markdown_tables(summary).split("\n\n")[0], "main table")
 
 
@@ -124,13 +124,13 @@ def test_study_table_places_the_study_against_each_seed():
 
 def test_readme_study_table_is_the_committed_results_json():
     table = evaluate.study_table(committed_summary())
-    assert table, "output/results.json has no run to compare with the study"
+    assert table, "results/study/results.json has no run to compare with the study"
     assert_in_readme(table, "comparison with the study")
 
 
 def test_readme_rate_distortion_table_is_the_committed_results_json():
     table = evaluate.rate_distortion_table(committed_summary())
-    assert table, "output/results.json has no beta sweep"
+    assert table, "results/study/results.json has no beta sweep"
     assert_in_readme(table, "rate-distortion table")
 
 

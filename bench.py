@@ -12,7 +12,6 @@ Prints seconds per epoch (median of --repeats after a warm-up epoch) for
     its own, median of at least 20 calls),
 and the peak memory, then writes all of it to --json. A benchmark, not a test: CI never runs it.
 """
-import argparse
 import json
 import os
 import platform
@@ -25,10 +24,13 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from common import atomic_write, pick_device, run_cli
+from common import ArgumentParser, atomic_write, flush_subnormals, pick_device, run_cli
 from data import ensure_mnist, load_splits, split_indices
 from models import ModelConfig, build_model
-from train import make_step, train_epoch  # importing train flushes subnormals, as in training
+from runs import TrainConfig
+from step import make_optimizer, make_step, train_epoch
+
+flush_subnormals()  # as train.py does
 
 
 def sync(device):
@@ -102,7 +104,7 @@ def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_see
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("--model", default="vae", choices=["ae", "vae"], help="model to time (default: vae)")
     p.add_argument("--latent", type=int, default=20, help="latent size (default: 20)")
     p.add_argument("--hidden", type=int, nargs="+", default=[784, 784], help="encoder widths (default: 784 784)")
@@ -129,12 +131,12 @@ def main(argv=None):
     def fresh_step():
         torch.manual_seed(0)
         model = build_model(config).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-        return model, make_step(model, optimizer, "mse", 1.0, compile=args.compile)
+        train = TrainConfig(batch_size=args.batch_size)
+        return model, make_step(model, make_optimizer(model, train), train, compile=args.compile)
 
     model, step = fresh_step()
     generator = torch.Generator().manual_seed(0)
-    ours, ours_all = median_seconds(lambda: train_epoch(model, step, train_x, args.batch_size, generator).cpu(),
+    ours, ours_all = median_seconds(lambda: train_epoch(step, train_x, args.batch_size, generator).cpu(),
                                     args.repeats, device)
     roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device)
     result = {

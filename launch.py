@@ -21,10 +21,9 @@ import time
 import submitit
 from submitit.core.utils import FailedJobError
 
-from common import UserError, load_checkpoint
+from common import UserError
 from data import ensure_mnist
-from models import MODEL_NAMES
-from runs import checkpoint_path, group_label, planned_runs, variant, variant_label
+from runs import checkpoint_path, load_run, planned_runs, run_name
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -48,11 +47,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{failed} of {len(commands)} runs failed; their errors are above")
 
 
-def describe(config, train_config):
-    name = group_label(MODEL_NAMES[config.model], variant_label(variant(config, train_config)))
-    return f"{name} latent {config.latent} seed {train_config.seed}"
-
-
 def job_commands(args, argv, runs, threads=None):
     """One train.py command line per run: the sweep's own flags, the last word given to the run."""
     base = [*argv, "--launcher", "none", "--resume", "--out", os.path.abspath(args.out),
@@ -62,7 +56,7 @@ def job_commands(args, argv, runs, threads=None):
 
 def finished(path, epochs):
     try:
-        return load_checkpoint(path)[0]["epoch"] >= epochs
+        return load_run(path).ckpt["epoch"] >= epochs
     except UserError:
         return False
 
@@ -83,7 +77,7 @@ def launch(args, argv):
     else:
         jobs, groups = local_jobs(args, argv, runs, folder)
     for job, group in zip(jobs, groups):
-        print(f"job {job.job_id}: {', '.join(describe(*run) for run in group)}; log {job.paths.stderr}")
+        print(f"job {job.job_id}: {', '.join(run_name(*run, seed=True) for run in group)}; log {job.paths.stderr}")
     if args.launcher == "slurm":
         array = jobs[0].job_id.split("_")[0]
         print(f"submitted {len(jobs)} runs as SLURM array {array}", flush=True)
@@ -97,7 +91,7 @@ def launch(args, argv):
         print(f"{len(jobs)} local jobs running; waiting for them (their logs are named above)", flush=True)
         for job in jobs:
             job.exception()  # waits; the outcome is read from the checkpoints below
-    failed = [(describe(*run), job) for job, group in zip(jobs, groups) for run in group
+    failed = [(run_name(*run, seed=True), job) for job, group in zip(jobs, groups) for run in group
               if not finished(checkpoint_path(args.out, *run), args.epochs)]
     for name, job in failed:
         print(f"not finished: {name} (see {job.paths.stderr})", file=sys.stderr)

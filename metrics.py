@@ -1,28 +1,36 @@
-"""The measuring helpers shared by training, evaluation and figures: all without gradients, in eval mode."""
+"""The measuring helpers shared by training, evaluation and figures: all without gradients, in eval
+mode, in float32."""
+import contextlib
 import math
 
 import torch
 
-from models import iw_bound, log_weights, loss_terms
+from models import iw_bound, log_weights, loss_terms, matmul_precision
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
 DEAD_FRACTION = 0.99  # a ReLU code unit is dead when it is exactly 0 for at least this share of images
 
 
-@torch.no_grad()
-def evaluate(model, x, sample=False, seed=0, batch_size=10000):
-    """Per-image squared error (summed over pixels) and KL of `model` on images x, in eval mode.
-
-    With sample=True the VAE decodes one z ~ q(z|x) per image, drawn from its own seeded stream so
-    that evaluating never moves the training's random state; otherwise it decodes z = mu.
-    """
+@contextlib.contextmanager
+def seeded_eval(model, seed, device):
+    """The model in eval mode and the global RNG seeded from `seed`, both restored afterwards: a
+    measurement draws from its own stream and never moves the training's random state."""
     was_training = model.training
     model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def per_image_errors(model, x, sample=False, seed=0, batch_size=10000):
+    """Squared error (summed over pixels) and KL of each image of x. With sample=True the VAE
+    decodes one z ~ q(z|x) per image (from seed's stream); otherwise it decodes z = mu."""
+    with seeded_eval(model, seed, x.device):
         parts = [loss_terms(xb, *model(xb, sample=sample))[1:] for xb in x.split(batch_size)]
-    model.train(was_training)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -58,29 +66,32 @@ def generate(model, train_x, n, seed):
 
 
 @torch.no_grad()
-def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=500, progress=None):
+def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=500, progress=None, precision="fp32"):
     """The k-sample importance-weighted estimate of log p(x) for each image, in nats (Burda et al.,
     2016): log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x)), z_i ~ q(z|x). It is a lower bound that rises
     with k towards log p(x); k = 1 is the ELBO. The k draws go in chunks, so memory stays at
-    batch_size x chunk x 784 floats on any device; the draws come from a seeded stream of their own."""
-    was_training = model.training
-    model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
+    batch_size x chunk x 784 floats on any device; the draws come from a seeded stream of their own.
+    precision "bf16" runs the decoder's matmuls in bfloat16; the log weights and their log-sum-exp
+    stay float32 (python bench.py --nll-checkpoint measures what it changes)."""
     estimates = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_eval(model, seed, x.device), matmul_precision(precision, x.device.type):
         for xb in x.split(batch_size):
             log_w = torch.cat([log_weights(model, xb, min(chunk, k - done), recon) for done in range(0, k, chunk)])
             estimates.append(iw_bound(log_w))
             if progress is not None:
                 progress.update(len(xb))
-    model.train(was_training)
     return torch.cat(estimates)
 
 
+def active_dims(means, threshold=ACTIVE_THRESHOLD):
+    """The latent dimensions whose posterior means vary across images by more than the threshold,
+    most varied first."""
+    variance = means.double().var(dim=0)
+    return [int(d) for d in variance.argsort(descending=True) if variance[d] > threshold]
+
+
 def active_units(means, threshold=ACTIVE_THRESHOLD):
-    """How many latent dimensions' posterior means vary across images by more than the threshold."""
-    return int((means.double().var(dim=0) > threshold).sum())
+    return len(active_dims(means, threshold))
 
 
 def dead_units(codes, fraction=DEAD_FRACTION):
@@ -96,7 +107,7 @@ def finite_or_none(value):
 
 def measure(model, x, labels, sample=False, seed=0):
     """Per-pixel MSE overall and for each digit 0-9, and the mean KL per image."""
-    squared_error, kl = evaluate(model, x, sample=sample, seed=seed)
+    squared_error, kl = per_image_errors(model, x, sample=sample, seed=seed)
     mse = squared_error / x.shape[1]
     counts = torch.bincount(labels, minlength=10)
     per_digit = torch.zeros(10, device=x.device, dtype=mse.dtype).index_add_(0, labels, mse) / counts

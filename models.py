@@ -23,9 +23,9 @@ class ModelConfig:
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}")
         if self.latent < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError("layer sizes must be positive")
-        if self.code_relu and self.model != "ae":
-            raise ValueError("code_relu is for the Autoencoder: the VAE's code is a mean and a log-variance")
+            raise ValueError("--latent and --hidden sizes must be at least 1")
+        if self.code_relu and self.model != "ae":  # the VAE's code is a mean and a log-variance
+            raise ValueError("--code-relu is for the Autoencoder: add --model ae")
 
     def to_dict(self):
         return {**asdict(self), "hidden": list(self.hidden)}

@@ -10,31 +10,42 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
-from common import (UserError, check_precision, check_seeds, load_checkpoint, pick_device, run_cli, run_lock, save_checkpoint,
-                    versions, CHECKPOINT_FORMAT)
+from common import (ArgumentParser, UserError, add_place_flags, check_precision, check_seeds, flush_subnormals,
+                    on_terminal, pick_device, progress, run_cli)
 from data import load_splits
-from metrics import evaluate
-from models import (MODEL_NAMES, PRECISIONS, ModelConfig, build_model, iw_bound, log_weights, loss_terms,
-                    matmul_precision)
-from runs import Run, TrainConfig, checkpoint_path, group_label, planned_runs, variant, variant_label
+from metrics import per_image_errors
+from models import PRECISIONS, ModelConfig, build_model
+from runs import (STUDY_EPOCHS, TrainConfig, checkpoint, checkpoint_path, load_run, planned_runs, run_lock, run_name,
+                  save_checkpoint)
+from step import make_optimizer, make_step, train_epoch
 
-# Subnormal floats (below 1.2e-38) are common late in training, as gradients of saturated sigmoids at
-# MNIST's always-black border pixels and Adam moments of dead units, and take a slow path on CPUs: a
-# trained Autoencoder's steps ran 2.8x faster with them read and written as zero. Done on import,
-# before PyTorch starts its threads, because they inherit the setting from the thread creating them.
-torch.set_flush_denormal(True)
+flush_subnormals()  # on import, before PyTorch starts its threads
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="both", choices=["ae", "vae", "both"], help="which model to train (default: both)")
+def model_kind(text):
+    """--model: ae, vae or both, also as tables write them (Autoencoder, VAE), in any case."""
+    kinds = {"ae": "ae", "autoencoder": "ae", "vae": "vae", "both": "both"}
+    if text.lower() not in kinds:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from ae, vae, both)")
+    return kinds[text.lower()]
+
+
+def add_sweep_flags(p):
+    """Which runs: the models, latent sizes, seeds and epochs."""
+    p.add_argument("--model", default="both", type=model_kind, help="ae, vae or both (default: both)")
     p.add_argument("--latent", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100],
                    help="latent sizes to sweep (default: 2 5 10 20 50 100, the study's)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs per run (default: 50)")
-    # What follows up to --split-seed decides what a run learns: any value but the default makes a
-    # variant of the study, a run with files of its own (runs.py); the defaults are the study's.
+    p.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
+                   help="seeds of initialisation, batch order and sampling; several give error bars (default: 0)")
+    p.add_argument("--epochs", type=int, default=STUDY_EPOCHS, help="epochs per run (default: %(default)s, the study's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each run from its checkpoint; finished runs are skipped (default: off)")
+
+
+def add_identity_flags(p):
+    """What decides what a run learns: any value but the default (the study's) makes a variant of
+    the study, a run with files of its own (runs.py)."""
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
@@ -55,22 +66,18 @@ def get_args(argv=None):
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
     p.add_argument("--code-relu", action="store_true",
                    help="Autoencoder only: a ReLU on the code, as the study built it (default: off, a linear code)")
-    p.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
-                   help="seeds of initialisation, batch order and sampling; several give error bars (default: 0)")
     p.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
                    help="seed of the 54k/6k train/val split (default: %(default)s)")
-    p.add_argument("--data-dir", default="data", help="where MNIST lives or is fetched to (default: data)")
-    p.add_argument("--out", default="output", help="folder for checkpoints and figures (default: output)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue each run from its checkpoint; finished runs are skipped (default: off)")
     p.add_argument("--limit", type=int, default=None,
                    help="train on N images of the training split only: the first N of its fixed random order, "
                         "for smoke runs (default: all 54,000)")
+
+
+def add_machine_flags(p):
+    """Where and how the runs go: this machine's threads, or jobs through submitit (launch.py)."""
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
-    # Sweeps past one machine (launch.py): every run a job of its own, through submitit
     p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
                    help="none: the runs one after another, here; local: --jobs processes here; slurm: one job "
                         "array on a SLURM cluster (default: none)")
@@ -85,32 +92,25 @@ def get_args(argv=None):
     p.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs per run, 0 for CPU nodes (default: 1)")
     p.add_argument("--cpus-per-run", type=int, default=4, help="slurm: CPUs per run (default: 4)")
     p.add_argument("--max-running", type=int, default=64, help="slurm: most runs running at once (default: 64)")
+
+
+def get_args(argv=None):
+    p = ArgumentParser(__doc__)
+    add_sweep_flags(p)
+    add_identity_flags(p)
+    add_place_flags(p, "folder for checkpoints and figures", checkpoints=False)
+    add_machine_flags(p)
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "lr"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if min(args.latent) < 1 or min(args.hidden) < 1:
-        p.error("--latent and --hidden sizes must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be at least 1")
+    if args.epochs < 1:
+        p.error("--epochs must be positive")
     for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     check_seeds(seed=args.seed, split_seed=args.split_seed)
-    if args.weight_decay < 0 or args.beta < 0:
-        p.error("--weight-decay and --beta must not be negative")
-    # a setting that changes nothing for a model would retrain its study run under another name
-    if args.beta != TrainConfig.beta and args.model != "vae":
-        p.error("--beta weighs the VAE's KL term; the Autoencoder has none: add --model vae")
-    if args.iw_samples < 1:
-        p.error("--iw-samples must be at least 1")
-    if args.iw_samples != TrainConfig.iw_samples and (args.model != "vae" or args.beta != TrainConfig.beta):
-        p.error("--iw-samples bounds the VAE's log-likelihood, with beta 1: add --model vae (and no --beta)")
-    # MSE on 0/1 pixels would be a Gaussian around values that are never in between: no likelihood of them
-    if args.binarize and args.recon != "bce":
-        p.error("--binarize is for the Bernoulli decoder: add --recon bce")
-    if args.code_relu and args.model != "ae":
-        p.error("--code-relu is for the Autoencoder: add --model ae")
+    try:
+        planned_runs(args)  # every rule on the settings, once, where the configs are made
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -128,38 +128,11 @@ def set_rng_state(state, generator):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_epoch(model, step, x, batch_size, generator):
-    """One pass over x in a random order; returns per-batch [loss, squared error sum, KL sum].
-
-    The statistics stay on the device and are read once per epoch: reading them per batch
-    would make the host wait for the accelerator at every step.
-    """
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    n_batches = -(-len(x) // batch_size)
-    stats = torch.empty(n_batches, 3, device=x.device)
-    for b in range(n_batches):
-        stats[b] = step(x[order[b * batch_size:(b + 1) * batch_size]])
-    return stats
-
-
-def make_step(model, optimizer, recon, beta, compile=False, binarize=False, iw_samples=1, precision="fp32"):
-    forward = torch.compile(model) if compile else model
-
-    def step(x):
-        if binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
-            x = torch.bernoulli(x)
-        with matmul_precision(precision, x.device.type):  # the model hands back float32 either way
-            x_hat, mu, logvar = forward(x)
-            log_w = log_weights(model, x, iw_samples, recon) if iw_samples > 1 else None
-        loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, recon, beta)
-        if log_w is not None:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
-            loss = -iw_bound(log_w).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return torch.stack([loss.detach(), squared_error.detach().sum(), kl.detach().sum()])
-
-    return step
+def objective(config, train):
+    """What the training loss is, in words: "mse + KL", "bce + 0.5 KL", "-IWAE bound, K = 5"."""
+    if train.iw_samples > 1:
+        return f"-IWAE bound, K = {train.iw_samples}"
+    return train.recon + ("" if config.model == "ae" else f" + {'' if train.beta == 1 else f'{train.beta:g} '}KL")
 
 
 def existing_checkpoint(path, config, train, resume, device):
@@ -168,24 +141,44 @@ def existing_checkpoint(path, config, train, resume, device):
     if not os.path.exists(path):
         return None
     try:
-        theirs = Run(path, *load_checkpoint(path, device))
+        theirs = load_run(path, device)
     except UserError:
         if resume:
             raise
         return None  # retrained from scratch: the damaged file holds nothing to keep
     if (theirs.config, theirs.train) != (config, train):  # e.g. written before file names carried the settings
-        raise UserError(f"{path} holds another run ({variant_label(theirs.variant)}, seed "
-                        f"{theirs.train.seed}); move it elsewhere to keep it, then run again")
+        raise UserError(f"{path} holds another run ({run_name(theirs.config, theirs.train, seed=True)}); "
+                        "move it elsewhere to keep it, then run again")
     return theirs.ckpt
 
 
-def train_run(args, config, train, path, splits, device):
+class Sweep:
+    """Where a sweep stands: "run 3 of 12" and the time left for all of it, in a bar above each run's
+    own bar on a terminal, or at the end of each epoch's line in a log."""
+
+    def __init__(self, n_runs, epochs_left):
+        self.n_runs, self.left, self.done, self.start = n_runs, epochs_left, 0, time.perf_counter()
+        self.bar = progress(total=epochs_left, unit="epoch", position=0)
+        self.saved = 0  # epochs of the current run saved by this process
+
+    def run_bar(self, i, name, start_epoch, epochs):
+        self.bar.set_description(f"run {i + 1} of {self.n_runs}")
+        self.saved = 0
+        return progress(total=epochs, initial=start_epoch, desc=name, unit="epoch", position=1, leave=False)
+
+    def epoch_done(self, line):
+        self.done, self.saved = self.done + 1, self.saved + 1
+        self.bar.update(1)
+        if not on_terminal():
+            left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
+            print(f"{line}; sweep: {self.done} of {self.left} epochs done, about {left / 60:.0f} min left", flush=True)
+
+
+def train_run(args, config, train, path, splits, device, sweep, i):
     """Train one run, saving its checkpoint to path after every epoch."""
-    run_args = {**vars(args), "model": config.model, "latent": config.latent, "seed": train.seed}
     torch.manual_seed(train.seed)
     model = build_model(config).to(device)
-    # fused: one kernel per step for all parameters instead of a dozen small ops per tensor
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    optimizer = make_optimizer(model, train)
     generator = torch.Generator().manual_seed(train.seed)
     history = {k: [] for k in ("train_loss", "train_mse", "train_kl", "val_mse", "val_kl", "seconds")}
     start_epoch = 0
@@ -198,39 +191,49 @@ def train_run(args, config, train, path, splits, device):
         if start_epoch >= args.epochs:
             print(f"skipped {path}: already trained for {start_epoch} epochs")
             return
+    elif args.resume:
+        print(f"no checkpoint at {path} to resume: starting afresh")
     elif os.path.exists(path):
         print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
     model.train()
-    step = make_step(model, optimizer, train.recon, train.beta, args.compile, train.binarize, train.iw_samples,
-                     train.precision)
+    step = make_step(model, optimizer, train, args.compile)
     train_x, val_x = splits["train"][0], splits["val"][0]
-    pixels = train_x.shape[1]
-    name = f"{group_label(MODEL_NAMES[config.model], variant_label(variant(config, train)))} latent {config.latent}"
-    bar = tqdm(range(start_epoch, args.epochs), desc=name,
-               initial=start_epoch, total=args.epochs, unit="epoch", dynamic_ncols=True)
-    for epoch in bar:
+    pixels, name, loss_name = train_x.shape[1], run_name(config, train), objective(config, train)
+    bar = sweep.run_bar(i, name, start_epoch, args.epochs)
+    for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
-        stats = train_epoch(model, step, train_x, train.batch_size, generator).cpu()  # one sync per epoch
+        stats = train_epoch(step, train_x, train.batch_size, generator).cpu()  # one sync per epoch
         bad = (~torch.isfinite(stats[:, 0])).nonzero()
         if len(bad):
             kept = f"the last good checkpoint ({path}, epoch {epoch}) is kept" if epoch else "nothing was saved"
             raise UserError(f"{name}: the loss became non-finite at epoch "
                             f"{epoch + 1}, batch {int(bad[0]) + 1}; {kept}; try a lower --lr")
-        val_se, val_kl = evaluate(model, val_x, sample=True)
+        val_se, val_kl = per_image_errors(model, val_x, sample=True)
         history["train_loss"].append(stats[:, 0].mean().item())
         history["train_mse"].append(stats[:, 1].sum().item() / (len(train_x) * pixels))
         history["train_kl"].append(stats[:, 2].sum().item() / len(train_x))
         history["val_mse"].append(val_se.mean().item() / pixels)
         history["val_kl"].append(val_kl.mean().item())
         history["seconds"].append(time.perf_counter() - t0)
-        save_checkpoint(path, {
-            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": config.to_dict(), "args": run_args, "epoch": epoch + 1, "history": history,
-            "split_seed": train.split_seed, "rng": rng_state(generator), "versions": versions()})
-        bar.set_postfix(train_mse=f"{history['train_mse'][-1]:.4f}", val_mse=f"{history['val_mse'][-1]:.4f}",
-                        val_kl=f"{history['val_kl'][-1]:.2f}")
+        save_checkpoint(path, checkpoint(config, train, args.epochs, epoch + 1, model, optimizer, history,
+                                         rng_state(generator)))
+        figures = (f"loss {history['train_loss'][-1]:.2f} ({loss_name}), train MSE {history['train_mse'][-1]:.4f}, "
+                   f"val MSE {history['val_mse'][-1]:.4f}" + (f", val KL {history['val_kl'][-1]:.2f}" if config.model == "vae" else ""))
+        bar.update(1)
+        bar.set_postfix_str(figures)
+        sweep.epoch_done(f"{name}: epoch {epoch + 1} of {args.epochs}: {figures}")
     bar.close()
     print(f"saved {path}")
+
+
+def epochs_done(path, resume):
+    """Epochs a run already has, for the sweep's count of what is left."""
+    if not resume or not os.path.exists(path):
+        return 0
+    try:
+        return load_run(path).ckpt["epoch"]
+    except UserError:
+        return 0  # train_run says what is wrong with it
 
 
 def main(argv=None):
@@ -250,14 +253,19 @@ def main(argv=None):
     threads = torch.get_num_threads()  # restored on return: a caller (a test, a notebook) keeps its own
     if args.threads:
         torch.set_num_threads(args.threads)
+    plan = [(config, train, checkpoint_path(args.out, config, train)) for config, train in planned_runs(args)]
+    sweep = Sweep(len(plan), sum(max(0, args.epochs - epochs_done(path, args.resume)) for _, _, path in plan))
+    path = None
     try:
-        for config, train in planned_runs(args):
-            path = checkpoint_path(args.out, config, train)
+        for i, (config, train, path) in enumerate(plan):
             with run_lock(path):
-                train_run(args, config, train, path, splits, device)
+                train_run(args, config, train, path, splits, device, sweep, i)
     except KeyboardInterrupt:
-        raise UserError("interrupted; every finished epoch is saved: add --resume to the same command to continue")
+        if sweep.saved or epochs_done(path, True):
+            raise UserError(f"interrupted; {path} keeps every finished epoch: add --resume to the same command to continue")
+        raise UserError(f"interrupted before the first epoch of {path} ended: nothing of that run was saved")
     finally:
+        sweep.bar.close()
         torch.set_num_threads(threads)
 
 

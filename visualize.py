@@ -4,24 +4,24 @@
 
 A variant of the study (runs.py) gets the same figures in its own folder, e.g. output/VAE/beta_0.5/.
 """
-import argparse
 import glob
 import json
 import os
+import sys
 
 import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 import explorer
-from common import UserError, check_seeds, pick_device, run_cli, save_figure
+from common import ArgumentParser, UserError, add_place_flags, check_seeds, pick_device, run_cli, save_figure
 from data import load_splits
-from evaluate import mean_std, select_latent
 from metrics import encode_means, generate, latent_prior, measure, reconstruct
 from models import MODEL_NAMES
+from plots import integer_axis, plain_log_axis
+from results import mean_std, select_latent
 from runs import group_label, load_runs, variant_folder, variant_label
 
 DPI = 100
@@ -42,14 +42,23 @@ def plot_mean_band(ax, runs, key, label):
                         alpha=0.25, lw=0)
 
 
+def curve_axes(ax, ylabel, title, log=True):
+    """Epochs as whole numbers, a log error axis labelled in plain numbers."""
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title, yscale="log" if log else "linear")
+    integer_axis(ax.xaxis)
+    if log:
+        plain_log_axis(ax.yaxis)
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_curves(by_latent, key, ylabel, title, path, log=True):
     """One curve per latent size ({latent: [runs of its seeds]})."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     for latent, runs in by_latent.items():
         plot_mean_band(ax, runs, key, str(latent))
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title, yscale="log" if log else "linear")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(title="latent size (band: seeds' range)", ncol=2, fontsize=8)
+    curve_axes(ax, ylabel, title, log)
+    bands = any(len(runs) > 1 for runs in by_latent.values())
+    ax.legend(title="latent size" + (" (band: seeds' range)" if bands else ""), ncol=2, fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -60,9 +69,8 @@ def plot_train_val(name, runs, path):
     for split in ("train", "val"):
         plot_mean_band(ax, runs, f"{split}_mse", {"train": "training", "val": "validation"}[split])
     ylabel = "MSE per pixel" + (", one sampled z" if vae else "")  # as training measures it
-    ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=f"{name}, latent {latent}: training vs validation")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    curve_axes(ax, ylabel, f"{name}, latent {latent}: training vs validation")
+    ax.legend(title="band: seeds' range" if len(runs) > 1 else None)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -98,8 +106,8 @@ def comparison_indices(labels, per_digit=PER_DIGIT):
 
 
 def plot_comparison(name, runs, x, path):
-    rows = [x] + [reconstruct(model, x) for _, _, model in runs]
-    labels = ["original"] + [f"latent {ckpt['config']['latent']}" for _, ckpt, _ in runs]
+    rows = [x] + [reconstruct(run.model, x) for run in runs]
+    labels = ["original"] + [f"latent {run.config.latent}" for run in runs]
     fig, ax = plt.subplots(figsize=(10, grid_height(len(rows), len(x), 8.6)), dpi=DPI, layout="constrained")
     show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
               title=f"{name}: test digits and their reconstructions" + (" (z = mu)" if runs[0].config.model == "vae" else ""))
@@ -144,8 +152,8 @@ def plot_latent_space(name, runs, x, labels, path):
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows + 0.5), dpi=DPI, squeeze=False,
                              layout="constrained")
-    for ax, (_, ckpt, model) in zip(axes.flat, runs):
-        codes = encode_means(model, x).double()
+    for ax, run in zip(axes.flat, runs):
+        codes = encode_means(run.model, x).double()
         latent = codes.shape[1]
         if latent > 2:
             centred = codes - codes.mean(0)
@@ -157,7 +165,7 @@ def plot_latent_space(name, runs, x, labels, path):
         ax.title.set_fontsize(9)
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
-    vae = runs[0][1]["config"]["model"] == "vae"
+    vae = runs[0].config.model == "vae"
     fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if vae else ""))
     fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.6)
     save_figure(fig, path)
@@ -183,32 +191,41 @@ def plot_interpolation(name, model, x, labels, path):
     plt.close(fig)
 
 
-def selected_latent(out, name, seeds_by_latent, val):
-    """The selected latent size of one model and variant (`name` as in results.json, e.g. "VAE (beta
-    0.5)"): evaluate.py's choice when it has made one, otherwise evaluate.py's rule applied here (its
-    validation MSE with z = mu, mean over the seeds)."""
+def read_selection(out, checkpoints):
+    """results.json's latent-size choices, or None (saying why in one line) when it is missing or
+    older than a checkpoint drawn: the figures then select by evaluate.py's rule themselves."""
     path = os.path.join(out, "results.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                selection = json.load(f)["selection"]
-            if name in selection:
-                return selection[name]["selected"]
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror}")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{path} is unreadable or incomplete: run python evaluate.py to regenerate it")
+    if not os.path.exists(path):
+        print(f"no {path}: selecting latent sizes by evaluate.py's rule here (python evaluate.py writes it)",
+              file=sys.stderr)
+        return None
+    if os.path.getmtime(path) < max(os.path.getmtime(c) for c in checkpoints):
+        print(f"{path} is older than some checkpoints: selecting latent sizes by evaluate.py's rule here "
+              "(python evaluate.py brings it up to date)", file=sys.stderr)
+        return None
+    try:
+        with open(path) as f:
+            return {name: c["selected"] for name, c in json.load(f)["selection"].items()}
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is unreadable or incomplete: run python evaluate.py to regenerate it")
+
+
+def selected_latent(selection, name, seeds_by_latent, val):
+    """The selected latent size of one model and variant (`name` as in results.json, e.g. "VAE (beta
+    0.5)"): evaluate.py's choice when results.json has it, otherwise its rule applied here (validation
+    MSE with z = mu, mean over the seeds)."""
+    if selection and name in selection:
+        return selection[name]
     val_mse = {latent: mean_std([measure(run.model, *val)["mse"] for run in runs])[0]
                for latent, runs in seeds_by_latent.items()}
     return select_latent(val_mse)[1]
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", default=None, help="folder of checkpoints to read (default: the --out folder)")
-    p.add_argument("--out", default="output", help="where figures go (default: output)")
-    p.add_argument("--data-dir", default="data", help="where MNIST lives (default: data)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
+    p = ArgumentParser(__doc__)
+    add_place_flags(p, "where figures go, and where results.json is read")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoded random samples (default: 0)")
     args = p.parse_args(argv)
     check_seeds(seed=args.seed)
@@ -253,18 +270,20 @@ def main(argv=None):
         groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
     split_seeds = {seeds[0].train.split_seed for by_latent in groups.values() for seeds in by_latent.values()}
     splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
-    selected = {}  # {(model, variant): latent size}, for the figures and the explorer page
-    for (kind, settings), seeds_by_latent in tqdm(groups.items(), desc="drawing", unit="variant", leave=False):
+    selection = read_selection(args.out, [r.path for by_latent in groups.values() for rs in by_latent.values() for r in rs])
+    selected, folders = {}, []  # {(model, variant): latent size}, for the figures and the explorer page
+    for (kind, settings), seeds_by_latent in groups.items():
         splits = splits_by_seed[next(iter(seeds_by_latent.values()))[0].train.split_seed]
         name = group_label(MODEL_NAMES[kind], variant_label(settings))
         shown = splits["test"][0][comparison_indices(splits["test"][1])]
-        selected[kind, settings] = selected_latent(args.out, name, seeds_by_latent, splits["val"])
-        draw(name, seeds_by_latent, variant_folder(args.out, kind, settings), splits, shown, selected[kind, settings],
-             args.seed)
+        selected[kind, settings] = selected_latent(selection, name, seeds_by_latent, splits["val"])
+        folders.append(variant_folder(args.out, MODEL_NAMES[kind], settings))
+        print(f"drawing {name}", file=sys.stderr)
+        draw(name, seeds_by_latent, folders[-1], splits, shown, selected[kind, settings], args.seed)
     chosen = explorer.page_runs(groups, selected)
     page = os.path.join(args.out, "explorer.html")
     size = chosen and explorer.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
-    print(f"wrote figures under {args.out}/Autoencoder and {args.out}/VAE" +
+    print(f"wrote figures under {', '.join(folders)}" +
           (f", and {page} ({size / 2**20:.1f} MB; open it in a browser)" if size else ""))
 
 

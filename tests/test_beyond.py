@@ -6,6 +6,7 @@ import classifier
 import metrics
 import visualize
 from models import ModelConfig, build_model
+from runs import Run
 
 
 def test_active_units_on_hand_made_means():
@@ -106,9 +107,25 @@ def test_autoencoder_prior_is_fitted_to_its_codes():
 def test_latent_space_figure(tmp_path, latents):
     from PIL import Image
     torch.manual_seed(0)
-    runs = [(None, {"config": {"model": "vae", "latent": n}}, build_model(ModelConfig(latent=n, hidden=(16,))))
-            for n in latents]
+    runs = [Run(None, {}, build_model(ModelConfig(latent=n, hidden=(16,)))) for n in latents]
     x, labels = torch.rand(300, 784), torch.arange(300) % 10
     visualize.plot_latent_space("VAE", runs, x, labels, str(tmp_path / "latent_space.jpg"))
     with Image.open(tmp_path / "latent_space.jpg") as image:
         assert image.format == "JPEG" and image.size == (420 * len(latents), 450)
+
+
+def test_a_classifier_file_carrying_code_is_refused_not_run(mnist_dir, tmp_path):
+    import os
+    from common import UserError
+    from data import load_splits
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "classifier.pt"
+    torch.save({"format": classifier.CLASSIFIER_FORMAT, "model": Payload(), "split_seed": 0, "test_accuracy": 1.0}, path)
+    with pytest.raises(UserError, match="classifier.pt is not a readable classifier"):
+        classifier.load_or_train(str(path), load_splits(mnist_dir, 0, "cpu", limit=100), 0)
+    assert not marker.exists(), "the file's code was run"

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import evaluate
+import results
 import train
 import visualize
 from common import UserError
@@ -50,7 +51,7 @@ def test_per_digit_mse_matches_independent_computation(mnist_dir, outputs):
     test_x, test_y = load_splits(mnist_dir, 0, "cpu")["test"]
     for entry in results["runs"]:
         ckpt = torch.load(entry["checkpoint"], weights_only=True)
-        model = build_model(ModelConfig(**ckpt["config"]))
+        model = build_model(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         with torch.no_grad():
             x_hat = model.decode(model.encode(test_x)[0])  # z = mu, computed without the repo's helper
@@ -81,20 +82,20 @@ def test_sampled_z_is_seeded(mnist_dir, outputs):
 
 def test_selection_rule_on_hand_made_results():
     val = {2: 0.05, 5: 0.03, 10: 0.0205, 20: 0.0203, 50: 0.0200, 100: 0.0201}
-    assert evaluate.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
-    assert evaluate.select_latent(val, tolerance=0.0) == (50, 50)
-    assert evaluate.select_latent({2: None, 5: 0.1}) == (5, 5)
-    assert evaluate.select_latent({}) == (None, None)
+    assert results.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
+    assert results.select_latent(val, tolerance=0.0) == (50, 50)
+    assert results.select_latent({2: None, 5: 0.1}) == (5, 5)
+    assert results.select_latent({}) == (None, None)
 
 
 def test_multi_seed_summary_has_mean_and_spread():
     entries = [{"model": "VAE", "variant": "default", "settings": {}, "latent": 20, "seed": s, "val": {"mse": v}, "test": {"mse": v, "kl": 10.0,
                 "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02, 0.03])]
-    (row,) = evaluate.summarize(entries)
+    (row,) = results.summarize(entries)
     assert row["seeds"] == [0, 1, 2]
     assert row["test_mse"] == pytest.approx(0.02) and row["test_mse_std"] == pytest.approx(0.01)
     assert row["test_mse_per_digit_std"] == pytest.approx([0.01] * 10)
-    assert "0.0200 ± 0.0100" in evaluate.markdown_tables([row])
+    assert "0.0200 ± 0.0100" in results.markdown_tables([row])
 
 
 def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
@@ -106,7 +107,7 @@ def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
     (entry,) = [e for e in results["runs"] if e["model"] == "VAE" and e["latent"] == 2]
     assert entry["test"]["mse"] is None and entry["test"]["mse_per_digit"] == [None] * 10
     assert "NaN" not in (outputs / "results.json").read_text()
-    assert "| VAE | 2 | 1 | n/a |" in (outputs / "results.md").read_text()
+    assert "| VAE | 2 | 1 | 2 | n/a |" in (outputs / "results.md").read_text()
     assert results["selection"][f"VAE ({LABEL})"]["selected"] == 3
 
 
@@ -122,7 +123,7 @@ def test_classifier_measurements(mnist_dir, outputs):
     test_x, test_y = load_splits(mnist_dir, 0, "cpu")["test"]
     for entry in results["runs"]:
         ckpt = torch.load(entry["checkpoint"], weights_only=True)
-        model = build_model(ModelConfig(**ckpt["config"])).eval()
+        model = build_model(ModelConfig(**ckpt["model_config"])).eval()
         model.load_state_dict(ckpt["model"])
         with torch.no_grad():  # z = mu, and the digit it is read as, without the repository's helpers
             means = model.encode(test_x)[0].double()
@@ -209,7 +210,7 @@ def test_corrupt_results_json_is_named(mnist_dir, outputs):
 def test_unfinished_runs_are_left_out(mnist_dir, outputs, capsys):
     path = outputs / "VAE" / VARIANT / "VAE_latent_3.pt"
     ckpt = torch.load(path, weights_only=True)
-    ckpt["args"]["epochs"] = 50  # as if interrupted after 2 of 50 epochs
+    ckpt["epochs"] = 50  # as if interrupted after 2 of 50 epochs
     torch.save(ckpt, path)
     results = run_evaluate(mnist_dir, outputs)
     assert ("VAE", 3) not in {(e["model"], e["latent"]) for e in results["runs"]}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import explorer
+import screenshot
 import train
 import visualize
 from common import UserError
@@ -43,7 +44,7 @@ def study(mnist_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     try:
-        driver = explorer.open_browser()
+        driver = screenshot.open_browser()
     except UserError as e:
         require(str(e))
     yield driver
@@ -52,9 +53,20 @@ def browser():
 
 @pytest.fixture
 def page(browser, study):
-    explorer.load_page(browser, str(study["page"]))
+    screenshot.load_page(browser, str(study["page"]))
     browser.load_log = browser.get_log("browser")  # what loading said; each test starts with an empty console
     return browser
+
+
+def dequantized(model):
+    """A copy of model with the weights the page computes with, for exact comparisons."""
+    import copy
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in explorer.linear_layers(model):
+            q, scale = explorer.quantize(layer.weight)
+            layer.weight.copy_(q.float() * scale[:, None])
+    return model
 
 
 def page_data(path):
@@ -80,7 +92,7 @@ def test_decode_and_encode_agree_with_pytorch(page, study):
     assert page.execute_script("return explorer.models") == ["Autoencoder latent 2", "VAE latent 2", "VAE latent 3"]
     test_x = study["test"][0][:8]
     for name, run in study["runs"].items():
-        exact = explorer.dequantized(run.model)
+        exact = dequantized(run.model)
         z = torch.randn(4, run.config.latent, generator=torch.Generator().manual_seed(1))
         js = torch.tensor(page.execute_script(
             "return arguments[1].map((z) => explorer.decode(arguments[0], z))", name, z.tolist()))
@@ -120,7 +132,7 @@ def test_a_drawn_digit_is_encoded_reconstructed_and_marked(page):
     assert len(reconstructions) == 2
     before = [canvas_pixels(page, c) for c in reconstructions]
     planes_before = [canvas_pixels(page, c) for c in page.find_elements(By.CSS_SELECTOR, "canvas.plane")]
-    explorer.draw_stroke(page, page.find_element(By.ID, "pad"), explorer.THREE)
+    screenshot.draw_stroke(page, page.find_element(By.ID, "pad"), screenshot.THREE)
     page.execute_script("return new Promise((done) => requestAnimationFrame(() => done()))")
     drawn = torch.tensor(page.execute_script("return explorer.drawn"))
     assert drawn.shape == (784,) and drawn.min() >= 0 and drawn.max() <= 1 and drawn.sum() > 20
@@ -148,7 +160,7 @@ def test_a_slider_moves_the_selected_vae(page):
 
 def test_the_console_shows_no_error(page):
     from selenium.webdriver.common.by import By
-    explorer.draw_stroke(page, page.find_element(By.ID, "pad"), explorer.THREE)
+    screenshot.draw_stroke(page, page.find_element(By.ID, "pad"), screenshot.THREE)
     page.find_element(By.ID, "clear").click()
     # warnings too, but only the page's own: the tests' reads of canvases (execute_script) warn as well
     errors = [entry for entry in page.load_log + page.get_log("browser")
@@ -164,3 +176,17 @@ def test_a_page_over_the_size_limit_leaves_the_sliders_out(study, monkeypatch, t
     smaller = explorer.write_page(chosen, study["test"], str(tmp_path / "small.html"))
     assert smaller < full and not any("sliders" in m for m in page_data(tmp_path / "small.html")["models"])
     assert any("sliders" in m for m in page_data(tmp_path / "full.html")["models"])
+
+
+def test_names_and_paths_go_into_the_page_as_text(browser, study, tmp_path):
+    """A checkpoint's folder is whatever the user named it: markup in it is shown, never parsed."""
+    odd = "<b>bold</b> & <img src=nowhere>"
+    chosen = [(run._replace(path=os.path.join(str(tmp_path), odd, os.path.basename(run.path))), name,
+               "latent 3" not in name, "latent 3" not in name, "latent 3" in name) for name, run in study["runs"].items()]
+    page = tmp_path / "odd.html"
+    explorer.write_page(chosen, study["test"], str(page))
+    screenshot.load_page(browser, str(page))
+    source = browser.execute_script("const s = document.getElementById('source'); "
+                                    "return [s.textContent, s.querySelectorAll('b').length, s.querySelectorAll('img').length]")
+    assert source[0].count(odd) == len(chosen), "each path shown as typed"
+    assert source[1:] == [len(chosen), 0], "the only bold text is the models' names; no image element was made"

@@ -12,8 +12,11 @@ import torch
 
 import common
 import evaluate
+import runs
+import step
 import train
-from common import UserError, load_checkpoint
+from common import UserError
+from runs import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu", "--model", "vae", "--latent", "2"]
@@ -81,7 +84,7 @@ def test_pickled_code_is_refused_not_run(tmp_path):
 
     path = tmp_path / "VAE" / "VAE_latent_20.pt"
     path.parent.mkdir()
-    torch.save({"format": common.CHECKPOINT_FORMAT, "model": Payload()}, path)
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Payload()}, path)
     with pytest.raises(UserError, match="VAE_latent_20.pt is not a readable checkpoint"):
         evaluate.main(["--out", str(tmp_path), "--device", "cpu"])
     assert not marker.exists()
@@ -90,7 +93,7 @@ def test_pickled_code_is_refused_not_run(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda c: c.pop("history"), "lacks history"),
     (lambda c: c["model"].__setitem__("encoder.0.weight", torch.zeros(3, 3)), "does not match the model"),
-    (lambda c: c["config"].__setitem__("model", "gan"), "does not match the model"),
+    (lambda c: c["model_config"].__setitem__("model", "gan"), "does not match the model"),
     (lambda c: c.__setitem__("format", "something else"), "not written by this repository"),
 ])
 def test_damaged_checkpoints_are_refused_by_name(mnist_dir, tmp_path, damage, message):
@@ -106,14 +109,14 @@ def test_non_finite_loss_stops_with_epoch_and_batch(mnist_dir, tmp_path, monkeyp
     path = small_run(mnist_dir, tmp_path, "--epochs", "1")
     good = path.read_bytes()
     calls = {"n": 0}
-    real_loss_terms = train.loss_terms
+    real_loss_terms = step.loss_terms
 
     def poisoned(*a, **k):  # the 3rd batch of the resumed epoch blows up
         calls["n"] += 1
         loss, se, kl = real_loss_terms(*a, **k)
         return (loss * float("nan") if calls["n"] == 3 else loss), se, kl
 
-    monkeypatch.setattr(train, "loss_terms", poisoned)
+    monkeypatch.setattr(step, "loss_terms", poisoned)
     with pytest.raises(UserError, match=r"non-finite at epoch 2, batch 3; the last good checkpoint .* epoch 1\) is kept"):
         small_run(mnist_dir, tmp_path, "--epochs", "3", "--resume")
     assert path.read_bytes() == good
@@ -134,7 +137,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(mnist_dir, tmp_path, mo
         f.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(common.torch, "save", disk_full)
+    monkeypatch.setattr(runs.torch, "save", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous file is untouched"):
         small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")
     assert path.read_bytes() == good

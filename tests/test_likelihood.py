@@ -10,10 +10,13 @@ import torch
 
 import evaluate
 import models
+import results
 import train
 from data import load_splits
 from metrics import log_px
 from models import ModelConfig, build_model, kl_divergence, log_weights
+from runs import TrainConfig, load_checkpoint
+from step import make_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +144,7 @@ def test_the_iwae_loss_is_minus_the_k_sample_bound(mnist_dir, monkeypatch):
         log_w = log_weights(model, x, 3, "mse")
     expected = -(torch.logsumexp(log_w, 0) - math.log(3)).mean()
     torch.set_rng_state(state)
-    stats = train.make_step(model, optimizer, "mse", 1.0, iw_samples=3)(x)
+    stats = make_step(model, optimizer, TrainConfig(iw_samples=3))(x)
     assert float(stats[0]) == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -168,7 +171,7 @@ def test_evaluate_reports_the_test_nll_where_the_decoder_is_a_likelihood(mnist_d
         "hidden 16, batch-size 64, limit 256"]
     assert grey.get("test_nll") is None and grey.get("test_elbo") is None
     assert binary["nll_samples"] == 20 and 0 < binary["test_nll"] < -binary["test_elbo"], "the bound is below log p(x)"
-    model = train.load_checkpoint(binary["checkpoint"])[1]
+    model = load_checkpoint(binary["checkpoint"])[1]
     test_x = load_splits(mnist_dir, 0, "cpu", binarize=True)["test"][0]
     assert binary["test_nll"] == pytest.approx(-log_px(model, test_x, 20).mean().item(), rel=1e-6)
     rows = {r["variant"]: r for r in results["summary"]}
@@ -186,7 +189,7 @@ def likelihood_row(nll, spread, seeds, **settings):
 
 
 def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
-    table = evaluate.likelihood_table([
+    table = results.likelihood_table([
         likelihood_row(91.25, 0.125, 3, batch_size=128),
         likelihood_row(89.5, 0.0, 1, batch_size=128, iw_samples=5),
         dict(likelihood_row(None, None, 1), settings={}),  # the study's VAE: no likelihood, no row
@@ -198,12 +201,12 @@ def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
     assert lines[-1].startswith("| IWAE, K = 5 | this repository, `--recon bce --binarize --batch-size 128 --iw-samples 5`")
     assert "| 784-784-784-50, ReLU | 30 epochs, batch 128 | 5000 |" in lines[-1]
     assert "| static binarization | 784-400-40, ReLU | 500 epochs | 200 |" in lines[3], "pythae's is other data"
-    assert evaluate.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
+    assert results.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
 
 
 def test_readme_benchmark_table_is_the_committed_results_json():
     with open(os.path.join(ROOT, "results", "likelihood", "results.json")) as f:
-        table = evaluate.likelihood_table(json.load(f)["summary"])
+        table = results.likelihood_table(json.load(f)["summary"])
     assert table, "output/likelihood/results.json has no test NLL"
     with open(os.path.join(ROOT, "README.md")) as f:
         assert table in f.read(), "regenerate the README's benchmark table from results/likelihood/results.md"

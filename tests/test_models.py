@@ -118,5 +118,5 @@ def test_code_relu_is_the_studys_autoencoder():
     assert (code >= 0).all() and (code == 0).any(), "a ReLU code is never negative"
     torch.testing.assert_close(code, linear.encode(x)[0].clamp(min=0))
     assert study(x)[0].shape == (256, 784)
-    with pytest.raises(ValueError, match="code_relu is for the Autoencoder"):
+    with pytest.raises(ValueError, match="--code-relu is for the Autoencoder: add --model ae"):
         ModelConfig(model="vae", code_relu=True)

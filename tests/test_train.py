@@ -9,7 +9,8 @@ import torch
 
 import data
 import train
-from common import UserError, load_checkpoint
+from common import UserError
+from runs import load_checkpoint
 from models import ModelConfig, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,8 +30,9 @@ def test_smoke_run_writes_a_self_describing_checkpoint(mnist_dir, tmp_path):
     path = tmp_path / "VAE" / VARIANT / "VAE_latent_3.pt"
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["epoch"] == 2
-    assert ckpt["config"] == {"model": "vae", "latent": 3, "hidden": [64], "input_dim": 784, "code_relu": False}
-    assert ckpt["args"]["lr"] == 1e-3 and ckpt["args"]["batch_size"] == 128 and ckpt["split_seed"] == 0
+    assert ckpt["model_config"] == {"model": "vae", "latent": 3, "hidden": [64], "input_dim": 784, "code_relu": False}
+    assert ckpt["train_config"]["lr"] == 1e-3 and ckpt["train_config"]["batch_size"] == 128
+    assert ckpt["train_config"]["split_seed"] == 0 and ckpt["epochs"] == 2
     assert set(ckpt["versions"]) == {"torch", "torchvision"}
     for key in ("train_mse", "train_kl", "val_mse", "val_kl"):
         assert len(ckpt["history"][key]) == 2
@@ -65,7 +67,7 @@ def test_resume_with_other_settings_is_another_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2", "--resume", "--lr", "0.01")
     other = torch.load(tmp_path / "Autoencoder" / f"hidden_64_batch-size_128_lr_0.01_limit_512" / "Autoencoder_latent_2.pt",
                        weights_only=True)
-    assert other["epoch"] == 2 and other["args"]["lr"] == 0.01  # trained from scratch, not resumed from the first
+    assert other["epoch"] == 2 and other["train_config"]["lr"] == 0.01  # trained from scratch, not resumed from the first
     assert (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes() == first
 
 
@@ -162,7 +164,7 @@ def test_recon_bce_trains_on_binary_cross_entropy(mnist_dir, tmp_path):
     with torch.no_grad():
         p = initial(x.float())[0].double()
     bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean().item()
-    assert ckpt["args"]["recon"] == "bce"
+    assert ckpt["train_config"]["recon"] == "bce"
     assert ckpt["history"]["train_loss"] == [pytest.approx(bce, rel=1e-5)]
 
 
@@ -198,7 +200,7 @@ def test_split_seed_1_end_to_end(mnist_dir, tmp_path):
     images = data.load_mnist(mnist_dir)[0][val_idx].reshape(-1, 784).float() / 255
     with torch.no_grad():
         val_mse = ((model(images)[0].double() - images.double()) ** 2).mean().item()
-    assert ckpt["split_seed"] == 1 and ckpt["history"]["val_mse"] == [pytest.approx(val_mse, rel=1e-5)]
+    assert ckpt["train_config"]["split_seed"] == 1 and ckpt["history"]["val_mse"] == [pytest.approx(val_mse, rel=1e-5)]
     evaluate.main(["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier"])
     results = json.loads((tmp_path / "results.json").read_text())
     (entry,) = results["runs"]
@@ -225,14 +227,14 @@ def test_seeds_torch_cannot_take_are_one_line(tmp_path, flags):
 
 
 def test_a_checkpoint_with_incomplete_settings_is_one_line(mnist_dir, tmp_path):
-    import common
-    from runs import TrainConfig
-    from dataclasses import fields
-    assert set(common.TRAIN_ARGS) <= {f.name for f in fields(TrainConfig)} | {"epochs"}
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
     path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt["args"]["lr"], ckpt["args"]["split_seed"]
+    complete = torch.load(path, weights_only=True)
+    ckpt = {**complete, "train_config": dict(complete["train_config"])}
+    del ckpt["train_config"]["precision"], ckpt["train_config"]["binarize"]  # newer than the first checkpoints
+    torch.save(ckpt, path)
+    assert load_checkpoint(str(path))[0]["train_config"] == complete["train_config"], "missing, they had their defaults"
+    del ckpt["train_config"]["lr"], ckpt["train_config"]["split_seed"]
     torch.save(ckpt, path)
     with pytest.raises(UserError, match="lacks the settings lr, split_seed; re-run train.py"):
         load_checkpoint(str(path))
@@ -247,3 +249,21 @@ def test_launcher_without_submitit_is_one_line(mnist_dir, tmp_path, monkeypatch)
     monkeypatch.delitem(sys.modules, "launch", raising=False)
     with pytest.raises(UserError, match=r"--launcher local needs submitit: pip install -r requirements.txt"):
         run_train(mnist_dir, tmp_path, "--launcher", "local")
+
+
+def test_weight_decay_is_the_flags(mnist_dir, tmp_path):
+    """AdamW decays by --weight-decay: one step from the same start differs by exactly the decay term."""
+    for decay in ("0", "0.5"):
+        run_train(mnist_dir, tmp_path / decay, "--model", "ae", "--latent", "2", "--epochs", "1", "--limit", "128",
+                  "--weight-decay", decay)
+    ckpts = {}
+    for decay in ("0", "0.5"):
+        (path,) = (tmp_path / decay).rglob("*.pt")
+        ckpts[decay] = torch.load(path, weights_only=True)
+        assert ckpts[decay]["optimizer"]["param_groups"][0]["weight_decay"] == float(decay)
+    torch.manual_seed(0)
+    start = build_model(ModelConfig(model="ae", latent=2, hidden=(64,))).state_dict()  # as train.py builds it, seed 0
+    name = "decoder.0.weight"
+    # one AdamW step: w - lr * decay * w - lr * adam_update; the Adam part is the same for both runs
+    difference = ckpts["0"]["model"][name] - ckpts["0.5"]["model"][name]
+    torch.testing.assert_close(difference, 1e-3 * 0.5 * start[name], rtol=1e-3, atol=1e-7)

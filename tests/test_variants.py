@@ -7,9 +7,9 @@ import torch
 import evaluate
 import train
 import visualize
-from common import CHECKPOINT_FORMAT, UserError, versions
+from common import UserError, versions
 from models import ModelConfig, build_model
-from runs import (TrainConfig, checkpoint_path, planned_runs, train_config, variant, variant_flags, variant_folder,
+from runs import (FORMAT_1, TrainConfig, checkpoint_path, planned_runs, train_config, variant, variant_flags, variant_folder,
                   variant_label)
 
 
@@ -92,7 +92,7 @@ def main_checkpoint(path, latent=2, **overrides):
             "out": "output", "device": "auto", "resume": False, "limit": None, "compile": False, **overrides}
     history = {k: [0.05] for k in ("train_loss", "train_mse", "train_kl", "val_mse", "val_kl", "seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": {}, "config": config,
+    torch.save({"format": FORMAT_1, "model": model.state_dict(), "optimizer": {}, "config": config,
                 "args": args, "epoch": 1, "history": history, "split_seed": 0, "rng": {}, "versions": versions()}, path)
     return path
 
@@ -116,7 +116,7 @@ def test_another_run_at_a_runs_path_is_refused_not_overwritten(mnist_dir, tmp_pa
     old = main_checkpoint(tmp_path / "VAE" / "VAE_latent_2.pt", beta=4.0)
     before = old.read_bytes()
     for extra in ([], ["--resume"]):
-        with pytest.raises(UserError, match=r"VAE_latent_2.pt holds another run \(beta 4.0, seed 0\); move it"):
+        with pytest.raises(UserError, match=r"VAE_latent_2.pt holds another run \(VAE \(beta 4.0\) latent 2 seed 0\); move it"):
             train.main(["--model", "vae", "--latent", "2", "--epochs", "1", "--data-dir", mnist_dir,
                         "--out", str(tmp_path), "--device", "cpu", *extra])
     assert old.read_bytes() == before

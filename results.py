@@ -1,0 +1,274 @@
+"""Everything that needs only a results.json: the summary over seeds, the latent-size selection, the
+published numbers set beside ours, and every table of results.md (plots.py draws the numbers)."""
+import torch
+
+from data import N_VAL
+from models import ModelConfig
+from runs import STUDY_EPOCHS, TrainConfig, group_label, variant_flags
+
+TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
+N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
+# The study's test results per latent size: Autoencoder MSE (ReLU on its code), VAE MSE with one
+# sampled z, VAE KL per image (nats). Derived from the per-digit test results its authors published
+# with their code (github.com/kianzohoury/VAE, output/{Autoencoder,VAE}/class_results_test.pkl),
+# weighted by the test set's digit counts.
+STUDY = {2: (0.0497, 0.0391, 5.14), 5: (0.0285, 0.0275, 8.49), 10: (0.0284, 0.0241, 9.76),
+         20: (0.0134, 0.0235, 10.12), 50: (0.0086, 0.0242, 10.01), 100: (0.0085, 0.0256, 9.40)}
+# Published test NLLs (nats per image) set beside this repository's (likelihood_table): model,
+# source, data, architecture (encoder widths, the latent size last; decoders mirror them),
+# training, importance samples k, NLL.
+BURDA = "Burda et al. 2016, Table 1"
+LITERATURE = (
+    ("VAE", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 86.76),
+    ("IWAE, K = 5", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 85.54),
+    ("IWAE, K = 50", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 84.78),
+    # github.com/clementchadebec/benchmark_VAE, examples/scripts/reproducibility (vae.py and its README,
+    # "89.78 (0.01)", against 89.9 in Rezende and Mohamed 2015): Larochelle and Murray's fixed
+    # binarization of other splits, not the dynamic protocol's data; those scripts do not include the
+    # VAE's training settings, so its 500 epochs are as quoted, not checked
+    ("VAE", "pythae's reproduction", "static binarization", "784-400-40, ReLU", "500 epochs", 200, 89.78),
+)
+REFERENCE_NLL = LITERATURE[0][-1]  # the one-layer VAE of Burda et al.: what a plain VAE should reach
+
+METRICS = {  # summary column: how to read it from one run's entry (None where it does not apply)
+    "test_mse": lambda e: e["test"]["mse"],
+    "val_mse": lambda e: e["val"]["mse"],
+    "test_mse_sampled": lambda e: e.get("test_sampled", {}).get("mse"),
+    "test_kl": lambda e: e["test"]["kl"] if e["model"] == "VAE" else None,
+    "test_nll": lambda e: e.get("test_nll"),
+    "test_elbo": lambda e: e.get("test_elbo"),
+    "active_units": lambda e: e.get("active_units"),
+    "dead_units": lambda e: e.get("dead_units"),
+    "classifier_accuracy": lambda e: e.get("classifier_accuracy"),
+    "frechet_distance": lambda e: e.get("frechet_distance"),
+}
+
+
+def mean_std(values):
+    if not values or any(v is None for v in values):
+        return None, None
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+
+
+def summarize(entries):
+    """Per model, variant and latent size: mean and standard deviation over seeds of every metric.
+    Entries differ within a group in their seed only (runs.py), so no spread mixes two settings."""
+    groups = {}
+    for e in entries:
+        groups.setdefault((e["model"], e["variant"] != "default", e["variant"], e["latent"]), []).append(e)
+    summary = []
+    for (model, _, label, latent), group in sorted(groups.items()):
+        group.sort(key=lambda e: e["seed"])
+        row = {"model": model, "variant": label, "settings": group[0]["settings"], "latent": latent,
+               "seeds": [e["seed"] for e in group]}
+        for key, pick in METRICS.items():
+            row[key], row[key + "_std"] = mean_std([pick(e) for e in group])
+        # each seed's own value where a range or a count per run tells more than mean and spread
+        row["by_seed"] = {key: [METRICS[key](e) for e in group] for key in ("test_mse", "dead_units")
+                          if METRICS[key](group[0]) is not None}
+        row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
+        row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
+        per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
+        row["test_mse_per_digit"], row["test_mse_per_digit_std"] = map(list, zip(*per_digit))
+        summary.append(row)
+    return summary
+
+
+def select_latent(val_mse, tolerance=TOLERANCE):
+    """From {latent: validation MSE}, the lowest and the smallest latent size within tolerance of it."""
+    scored = {latent: mse for latent, mse in val_mse.items() if mse is not None}
+    if not scored:
+        return None, None
+    lowest = min(scored, key=scored.get)
+    within = min(latent for latent, mse in scored.items() if mse <= scored[lowest] * (1 + tolerance))
+    return lowest, within
+
+
+def selections(summary, tolerance=TOLERANCE):
+    """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)"."""
+    chosen = {}
+    for row in summary:
+        key = group_label(row["model"], row["variant"])
+        if key not in chosen:
+            rows = [r for r in summary if (r["model"], r["variant"]) == (row["model"], row["variant"])]
+            lowest, within = select_latent({r["latent"]: r["val_mse"] for r in rows}, tolerance)
+            chosen[key] = {"model": row["model"], "variant": row["variant"], "lowest_val_mse": lowest,
+                           "selected": within, "val_mse": {r["latent"]: r["val_mse"] for r in rows}}
+    return chosen
+
+
+def fmt(value, spread=None, digits=4):
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
+
+
+def epochs_text(epochs):
+    """A row's epochs: "50", or "30/50" where its seeds were trained for different lengths."""
+    return "/".join(str(e) for e in sorted(set(epochs))) if epochs else "n/a"
+
+
+def short_of_study(rows):
+    """The rows trained for fewer epochs than the study's 50."""
+    return [r for r in rows if any(e is None or e < STUDY_EPOCHS for e in r.get("epochs", [STUDY_EPOCHS]))]
+
+
+def markdown_tables(summary):
+    """The table of every row, then per-digit test MSE."""
+    columns = [("test MSE", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4), ("val MSE", "val_mse", 4),
+               ("KL (nats)", "test_kl", 2), ("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
+               ("active units", "active_units", 1), ("dead units", "dead_units", 1),
+               ("classifier acc.", "classifier_accuracy", 4), ("Frechet dist.", "frechet_distance", 2)]
+    columns = [c for c in columns if any(r.get(c[1]) is not None for r in summary)]  # results.json may predate one
+    # a variant column only where there is more than one variant: the study's table keeps its shape
+    keys = ["model"] + (["variant"] if len({r["variant"] for r in summary}) > 1 else []) + ["latent"]
+    lines = ["| " + " | ".join(keys + ["seeds", "epochs"] + [name for name, _, _ in columns]) + " |",
+             "|" + "---|" * (len(keys) + 2 + len(columns))]
+    for r in summary:
+        cells = [str(r[k]) for k in keys] + [str(len(r["seeds"])), epochs_text(r.get("epochs"))]
+        cells += [fmt(r.get(key), r.get(key + "_std"), digits) for _, key, digits in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Test MSE per digit (z = mu):", "",
+              "| " + " | ".join(keys + [str(d) for d in range(10)]) + " |", "|" + "---|" * (len(keys) + 10)]
+    for r in summary:
+        lines.append("| " + " | ".join([str(r[k]) for k in keys] + [fmt(v) for v in r["test_mse_per_digit"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline_table(summary):
+    """The README's table: the study's configuration, a few columns, mean ± spread over seeds."""
+    lines = ["| model | latent | seeds | test MSE | test MSE, sampled z | KL (nats) | active units | classifier acc. |",
+             "|" + "---|" * 8]
+    for r in summary:
+        if r["variant"] == "default":
+            lines.append(f"| {r['model']} | {r['latent']} | {len(r['seeds'])} | {fmt(r['test_mse'], r['test_mse_std'])} "
+                         f"| {fmt(r['test_mse_sampled'], r['test_mse_sampled_std'])} | {fmt(r['test_kl'], r['test_kl_std'], 2)} "
+                         f"| {fmt(r['active_units'], r['active_units_std'], 1)} "
+                         f"| {fmt(r['classifier_accuracy'], r['classifier_accuracy_std'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def versus(value, runs):
+    """Where a number lies against a set of runs' values, in words."""
+    runs = [v for v in runs if v is not None]
+    if not runs:
+        return "n/a"
+    return "below all" if value < min(runs) else "above all" if value > max(runs) else "within"
+
+
+def study_table(summary):
+    """The study's published numbers beside this repository's default runs and its study-ReLU
+    Autoencoder, per latent size, and where the study's Autoencoder lies against the ReLU runs.
+    Only runs trained as the study was, for its 50 epochs, are compared."""
+    def row(model, settings, latent):
+        return next((r for r in summary if (r["model"], r["settings"], r["latent"]) == (model, settings, latent)
+                     and not short_of_study([r])), None)
+
+    def cell(r, key, digits=4):
+        return "n/a" if r is None else fmt(r[key], r[key + "_std"], digits)
+
+    lines = ["| latent | study AE | this AE, study's ReLU code (seeds) | per seed | study AE vs these runs "
+             "| dead units per seed | this AE, linear code | study VAE (sampled z) | this VAE (sampled z) "
+             "| study VAE KL | this VAE KL |", "|" + "---|" * 11]
+    for latent, (study_ae, study_vae, study_kl) in STUDY.items():
+        relu, linear, vae = (row("Autoencoder", {"code_relu": True}, latent), row("Autoencoder", {}, latent),
+                             row("VAE", {}, latent))
+        if all(r is None for r in (relu, linear, vae)):
+            continue
+        relu_cells = ["n/a"] * 4 if relu is None else [
+            f"{cell(relu, 'test_mse')} ({len(relu['seeds'])})", ", ".join(fmt(v) for v in relu["by_seed"]["test_mse"]),
+            versus(study_ae, relu["by_seed"]["test_mse"]),
+            ", ".join(str(v) for v in relu["by_seed"]["dead_units"]) + f" of {latent}"]
+        cells = [str(latent), fmt(study_ae), *relu_cells, cell(linear, "test_mse"), fmt(study_vae),
+                 cell(vae, "test_mse_sampled"), fmt(study_kl, digits=2), cell(vae, "test_kl", 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def selection_lines(chosen, summary, tolerance=TOLERANCE):
+    """One line per model and variant; it says so when the runs chosen among are shorter than the study's."""
+    lines = []
+    for name, c in chosen.items():
+        rows = [r for r in summary if (r["model"], r["variant"]) == (c["model"], c["variant"])]
+        short = short_of_study(rows)
+        note = (f"; among runs of {epochs_text(sorted({e for r in short for e in r['epochs'] if e}))} epochs, the study "
+                f"trained for {STUDY_EPOCHS}") if short else ""
+        lines.append(f"{name}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
+                     f"{tolerance:.0%} of it: {c['selected']} (selected{note})")
+    return lines
+
+
+def beta_of(row):
+    return float(row["settings"].get("beta", 1.0))
+
+
+def beta_sweep(summary):
+    """The VAE rows that differ from one another in beta alone, with the settings they share, for
+    the rate-distortion figure: the study's settings where they have two betas or more, else the
+    first settings that do. ([], None) when no settings have two betas."""
+    sweeps = {}
+    for r in summary:
+        if r["model"] == "VAE" and r["test_kl"] is not None:
+            shared = {k: v for k, v in r["settings"].items() if k != "beta"}
+            sweeps.setdefault(repr(shared), (shared, []))[1].append(r)
+    usable = [(shared, rows) for shared, rows in sweeps.values() if len({beta_of(r) for r in rows}) > 1]
+    usable.sort(key=lambda s: s[0] != {})
+    return (usable[0][1], usable[0][0]) if usable else ([], None)
+
+
+def rate_distortion_table(summary):
+    """The beta sweep's rows (beta_sweep) as rate, distortion and active units, by beta then latent
+    size; "" when there is no sweep."""
+    rows, _ = beta_sweep(summary)
+    lines = ["| beta | latent | seeds | test KL (nats, rate) | test MSE, z = mu (distortion) | active units |",
+             "|" + "---|" * 6]
+    for r in sorted(rows, key=lambda r: (beta_of(r), r["latent"])):
+        lines.append(f"| {beta_of(r):g} | {r['latent']} | {len(r['seeds'])} | {fmt(r['test_kl'], r['test_kl_std'], 2)} "
+                     f"| {fmt(r['test_mse'], r['test_mse_std'])} | {fmt(r['active_units'], r['active_units_std'], 1)} |")
+    return "\n".join(lines) + "\n" if rows else ""
+
+
+def likelihood_table(summary):
+    """The runs with a test NLL beside the published ones (LITERATURE), each with its data,
+    architecture, training and k, and its distance to Burda et al.'s VAE; "" when no run has one."""
+    rows = [r for r in summary if r.get("test_nll") is not None]
+    lines = ["| model | source | data | architecture | training | k | test NLL (nats) | vs Burda et al.'s VAE |",
+             "|" + "---|" * 8]
+    for name, source, data, widths, training, k, nll in LITERATURE:
+        lines.append(f"| {name} | {source} | {data} | {widths} | {training} | {k} | {nll:.2f} | {nll - REFERENCE_NLL:+.2f} |")
+    for r in rows:
+        settings = r["settings"]
+        iw = settings.get("iw_samples", TrainConfig.iw_samples)
+        widths = "-".join(map(str, [ModelConfig.input_dim, *settings.get("hidden", ModelConfig.hidden), r["latent"]]))
+        seeds = f"{len(r['seeds'])} seed" + ("s" if len(r["seeds"]) > 1 else "")
+        lines.append(f"| {'VAE' if iw == 1 else f'IWAE, K = {iw}'} | this repository, `{variant_flags(settings)}` "
+                     f"| dynamic binarization | {widths}, ReLU "
+                     f"| {epochs_text(r['epochs'])} epochs, batch {settings.get('batch_size', TrainConfig.batch_size)} "
+                     f"| {r['nll_samples']} | {fmt(r['test_nll'], r['test_nll_std'], 2)} ({seeds}) "
+                     f"| {r['test_nll'] - REFERENCE_NLL:+.2f} |")
+    return "\n".join(lines) + "\n" if rows else ""
+
+
+def report(results):
+    """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
+    summary, info = results["summary"], results["classifier"]
+    notes = selection_lines(results["selection"], summary)
+    if info:
+        notes.append(f"digit classifier: {info['test_accuracy']:.2%} test accuracy; Frechet distance of the real "
+                     f"validation images to the test set (the floor): {fmt(info['frechet_floor_val_vs_test'], digits=2)} "
+                     f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
+                     "finite-sample bias, so a floor set a little high)")
+    text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    comparison = study_table(summary)
+    short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
+    if not comparison and short:
+        comparison = (f"left out: the runs of the study's configuration here were trained for "
+                      f"{epochs_text(sorted({e for r in short for e in r['epochs']}))} epochs, the study's for "
+                      f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
+    for heading, table in (("Against the study's published test results (results.STUDY)", comparison),
+                           ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),
+                           ("Test NLL beside published models (results.LITERATURE)", likelihood_table(summary))):
+        if table:
+            text += f"\n{heading}:\n\n{table}"
+    return text

@@ -1,0 +1,46 @@
+"""One training step and one epoch over the device-resident split: what train.py repeats and
+bench.py times."""
+import torch
+
+from models import iw_bound, log_weights, loss_terms, matmul_precision
+
+
+def make_optimizer(model, train):
+    # fused: one kernel per step for all parameters instead of a dozen small ops per tensor
+    return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+
+
+def make_step(model, optimizer, train, compile=False):
+    """step(x) trains on one batch x as the TrainConfig `train` says and returns [loss, summed squared
+    error, summed KL] as a device tensor, so that nothing waits for the device."""
+    forward = torch.compile(model) if compile else model
+
+    def step(x):
+        if train.binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
+            x = torch.bernoulli(x)
+        with matmul_precision(train.precision, x.device.type):  # the model hands back float32 either way
+            x_hat, mu, logvar = forward(x)
+            log_w = log_weights(model, x, train.iw_samples, train.recon) if train.iw_samples > 1 else None
+        loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, train.recon, train.beta)
+        if log_w is not None:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
+            loss = -iw_bound(log_w).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return torch.stack([loss.detach(), squared_error.detach().sum(), kl.detach().sum()])
+
+    return step
+
+
+def train_epoch(step, x, batch_size, generator):
+    """One pass over x in a random order; returns per-batch [loss, squared error sum, KL sum].
+
+    The statistics stay on the device and are read once per epoch: reading them per batch
+    would make the host wait for the accelerator at every step.
+    """
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    n_batches = -(-len(x) // batch_size)
+    stats = torch.empty(n_batches, 3, device=x.device)
+    for b in range(n_batches):
+        stats[b] = step(x[order[b * batch_size:(b + 1) * batch_size]])
+    return stats

@@ -109,6 +109,11 @@ def epochs_text(epochs):
     return "/".join(str(e) for e in sorted(set(epochs))) if epochs else "n/a"
 
 
+def epochs_words(epochs):
+    text = epochs_text(epochs)
+    return text + (" epoch" if text == "1" else " epochs")
+
+
 def short_of_study(rows):
     """The rows trained for fewer epochs than the study's 50."""
     return [r for r in rows if any(e is None or e < STUDY_EPOCHS for e in r.get("epochs", [STUDY_EPOCHS]))]
@@ -192,7 +197,7 @@ def selection_lines(chosen, summary, tolerance=TOLERANCE):
     for name, c in chosen.items():
         rows = [r for r in summary if (r["model"], r["variant"]) == (c["model"], c["variant"])]
         short = short_of_study(rows)
-        note = (f"; among runs of {epochs_text(sorted({e for r in short for e in r['epochs'] if e}))} epochs, the study "
+        note = (f"; among runs of {epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study "
                 f"trained for {STUDY_EPOCHS}") if short else ""
         lines.append(f"{name}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
                      f"{tolerance:.0%} of it: {c['selected']} (selected{note})")
@@ -264,7 +269,7 @@ def report(results):
     short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
     if not comparison and short:
         comparison = (f"left out: the runs of the study's configuration here were trained for "
-                      f"{epochs_text(sorted({e for r in short for e in r['epochs']}))} epochs, the study's for "
+                      f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study's for "
                       f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
     for heading, table in (("Against the study's published test results (results.STUDY)", comparison),
                            ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),

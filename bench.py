@@ -1,19 +1,22 @@
-"""How fast one training epoch runs, against the study's DataLoader loop and the matmul roofline.
+"""How fast one training epoch runs, in float32 and in bf16, against the study's DataLoader loop and
+the matmul roofline; and what bf16 does to the test NLL estimate.
 
-    python bench.py                      # the study's VAE, 784-784-784-20, batch 1024
-    python bench.py --hidden 512 256     # a narrower model, where the loader's share is larger
+    python bench.py                      # the study's VAE, 784-784-784-20, batch 1024, fp32 and bf16
+    python bench.py --hidden 400         # a narrower model, where the loop's own overhead weighs more
+    python bench.py --nll-checkpoint output/likelihood/VAE/recon_bce_batch-size_128_binarize/VAE_latent_50.pt
 
-Prints seconds per epoch (median of --repeats after a warm-up epoch) for
-  - this repository's loop (train.py's train_epoch: the split as one device tensor, slices of a
-    random permutation),
-  - a reference loop as in the study (torchvision MNIST with ToTensor, DataLoader, shuffle),
-  - the roofline: the epoch's matrix-multiply FLOPs (forward, weight gradients, input gradients)
-    divided by the throughput this machine sustains on exactly those matmul shapes (each timed on
-    its own, median of at least 20 calls),
-and the peak memory, then writes all of it to --json. A benchmark, not a test: CI never runs it.
+Prints, per precision, seconds per epoch (median of --repeats after a warm-up epoch) of
+  - this repository's loop (step.py: the split as one device tensor, slices of a random
+    permutation), training and then validation as train.py does it (always in float32),
+  - the roofline: the training epoch's matrix-multiply FLOPs (forward, weight gradients, input
+    gradients) divided by the throughput this machine sustains on exactly those matmul shapes in that
+    precision (each timed on its own, median of at least 20 calls),
+and, in float32, a reference loop as in the study (torchvision MNIST with ToTensor, DataLoader,
+shuffle); then the CPU's bf16 units (or the GPU) and the peak memory, all written to --json.
+--nll-checkpoint instead measures metrics.log_px in fp32 and in bf16 on the first --nll-images test
+images. A benchmark, not a test: CI never runs it.
 """
 import json
-import os
 import platform
 import resource
 import statistics
@@ -24,13 +27,16 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from common import ArgumentParser, atomic_write, flush_subnormals, pick_device, run_cli
+from common import (ArgumentParser, UserError, add_place_flags, atomic_write, check_precision, flush_subnormals,
+                    pick_device, run_cli)
 from data import ensure_mnist, load_splits, split_indices
-from models import ModelConfig, build_model
-from runs import TrainConfig
+from metrics import log_px, per_image_errors
+from models import PRECISIONS, ModelConfig, build_model
+from runs import TrainConfig, defines_likelihood, load_run
 from step import make_optimizer, make_step, train_epoch
 
 flush_subnormals()  # as train.py does
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def sync(device):
@@ -59,6 +65,20 @@ def cpu_name():
         return platform.processor() or platform.machine()
 
 
+def bf16_hardware(device):
+    """What runs bf16 matmuls here: the GPU's name, or the CPU's bf16 flags (amx_bf16: Intel's matrix
+    engine; avx512_bf16: bf16 dot products in AVX-512 vectors)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = []
+    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    return " ".join(found) if found else "none: no bf16 instructions, so bf16 is emulated and may be slower"
+
+
 def linear_shapes(model):
     return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
@@ -69,24 +89,43 @@ def matmul_flops(shapes, batch):
     return sum(2 * batch * n_in * n_out * (2 if i == 0 else 3) for i, (n_in, n_out) in enumerate(shapes))
 
 
-def roofline(model, n_images, batch, repeats, device):
-    """Seconds of pure matmul work in one epoch: each distinct matmul of a training step (same shape,
-    same memory layout as autograd's) timed on its own, its median time summed over the epoch."""
-    shapes = linear_shapes(model)
+def roofline(model, n_images, batch, repeats, device, precision="fp32"):
+    """Seconds of pure matmul work in one training epoch: each distinct matmul of a step (same shape,
+    same memory layout as autograd's, in `precision`) timed on its own, its median summed over the epoch."""
+    shapes, dtype = linear_shapes(model), DTYPES[precision]
     sizes = [batch] * (n_images // batch) + ([n_images % batch] if n_images % batch else [])
     total_flops = sum(matmul_flops(shapes, b) for b in sizes)
     step_seconds = {}
     for b in set(sizes):
         seconds = 0.0
         for i, (n_in, n_out) in enumerate(shapes):
-            x, w, gy = (torch.randn(b, n_in, device=device), torch.randn(n_out, n_in, device=device),
-                        torch.randn(b, n_out, device=device))
+            x, w, gy = (torch.randn(b, n_in, device=device, dtype=dtype), torch.randn(n_out, n_in, device=device, dtype=dtype),
+                        torch.randn(b, n_out, device=device, dtype=dtype))
             ops = [(x, w.t()), (gy.t(), x)] + ([(gy, w)] if i else [])  # y = x W^T; dW = gy^T x; dx = gy W
             for a, c in ops:
-                out = torch.empty(a.shape[0], c.shape[1], device=device)
+                out = torch.empty(a.shape[0], c.shape[1], device=device, dtype=dtype)
                 seconds += median_seconds(lambda: torch.mm(a, c, out=out), max(repeats, 20), device)[0]
         step_seconds[b] = seconds
     return sum(step_seconds[b] for b in sizes), total_flops
+
+
+def loop_epoch(config, train, train_x, val_x, compile):
+    """A fresh model and train.py's epoch: training in train.precision, then float32 validation."""
+    torch.manual_seed(0)
+    model = build_model(config).to(train_x.device).train()
+    step = make_step(model, make_optimizer(model, train), train, compile)
+    generator = torch.Generator().manual_seed(0)
+    times = {"train": [], "val": []}
+
+    def epoch():
+        start = time.perf_counter()
+        train_epoch(step, train_x, train.batch_size, generator).cpu()
+        middle = time.perf_counter()
+        per_image_errors(model, val_x, sample=True)[0].cpu()
+        times["train"].append(middle - start)
+        times["val"].append(time.perf_counter() - middle)
+
+    return model, epoch, times
 
 
 def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed):
@@ -103,71 +142,124 @@ def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_see
     return epoch
 
 
+def time_epochs(args, device):
+    ensure_mnist(args.data_dir)
+    splits = load_splits(args.data_dir, 0, device)
+    train_x, val_x = splits["train"][0], splits["val"][0]
+    config = ModelConfig(model=args.model, latent=args.latent, hidden=tuple(args.hidden))
+    result = {"model": config.to_dict(), "batch_size": args.batch_size, "images_per_epoch": len(train_x),
+              "device": str(device), "cpu": cpu_name(), "bf16_hardware": bf16_hardware(device),
+              "threads": torch.get_num_threads(), "torch": str(torch.__version__), "repeats": args.repeats}
+    print(f"model {config.model} {config.input_dim}-{'-'.join(map(str, config.hidden))}-{config.latent}, "
+          f"batch {args.batch_size}, {len(train_x)} images/epoch, {device} ({cpu_name()}), "
+          f"{torch.get_num_threads()} threads; bf16 hardware: {result['bf16_hardware']}")
+    for precision in args.precision:
+        check_precision(precision, device)
+        train = TrainConfig(batch_size=args.batch_size, precision=precision)
+        model, epoch, times = loop_epoch(config, train, train_x, val_x, args.compile)
+        seconds, runs = median_seconds(epoch, args.repeats, device)
+        trained, validated = statistics.median(times["train"][1:]), statistics.median(times["val"][1:])
+        roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device, precision)
+        result[precision] = {"epoch_seconds": seconds, "epoch_seconds_all": runs, "train_seconds": trained,
+                             "val_seconds": validated, "matmul_gflop_per_epoch": flops / 1e9,
+                             "matmul_gflops": flops / roof / 1e9, "roofline_seconds": roof,
+                             "fraction_of_roofline": roof / trained}
+        print(f"{precision}: epoch {seconds:6.2f} s (training {trained:.2f} s + validation {validated:.2f} s; "
+              f"runs {', '.join(f'{t:.2f}' for t in runs)}); training's matmul roofline {roof:.2f} s "
+              f"({flops / 1e9:.0f} GFLOP at {flops / roof / 1e9:.0f} GFLOP/s): {roof / trained:.1%} of it")
+    if "fp32" in result and "bf16" in result:
+        result["bf16_speedup"] = result["fp32"]["epoch_seconds"] / result["bf16"]["epoch_seconds"]
+        print(f"bf16 against fp32: {result['bf16_speedup']:.2f}x per epoch")
+    if not args.skip_dataloader:
+        train = TrainConfig(batch_size=args.batch_size)
+        torch.manual_seed(0)
+        model = build_model(config).to(device).train()
+        loader_epoch = dataloader_epoch_fn(args.data_dir, 0, make_step(model, make_optimizer(model, train), train),
+                                           args.batch_size, device, 0)
+        reference, reference_all = median_seconds(loader_epoch, args.repeats, device)
+        result.update(dataloader_epoch_seconds=reference, dataloader_epoch_seconds_all=reference_all)
+        print(f"DataLoader reference, fp32 training only: {reference:.2f} s/epoch "
+              f"(runs {', '.join(f'{t:.2f}' for t in reference_all)})")
+    return result
+
+
+def nll_precision(args, device):
+    """log p(x) at k = --nll-samples on the first --nll-images binarized test images, in fp32 and in
+    bf16 from the same draws: the per-image difference of the NLL estimates, and each one's time."""
+    run = load_run(args.nll_checkpoint, device)
+    if not defines_likelihood(run.config, run.train):
+        raise UserError(f"{args.nll_checkpoint} has no likelihood to estimate: it needs --recon bce --binarize")
+    x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False, binarize=True)["test"][0][:args.nll_images]
+    nll, seconds = {}, {}
+    for precision in ("fp32", "bf16"):
+        start = time.perf_counter()
+        nll[precision] = -log_px(run.model, x, args.nll_samples, seed=0, precision=precision).double()
+        seconds[precision] = time.perf_counter() - start
+        print(f"{precision}: mean test NLL {nll[precision].mean():.4f} nats over {len(x)} images, k = "
+              f"{args.nll_samples}, in {seconds[precision]:.0f} s")
+    difference = nll["bf16"] - nll["fp32"]
+    result = {"checkpoint": args.nll_checkpoint, "images": len(x), "k": args.nll_samples, "device": str(device),
+              "cpu": cpu_name(), "bf16_hardware": bf16_hardware(device), "threads": torch.get_num_threads(),
+              "nll_fp32": nll["fp32"].mean().item(), "nll_bf16": nll["bf16"].mean().item(),
+              "difference_mean": difference.mean().item(), "difference_std": difference.std().item(),
+              "difference_max_abs": difference.abs().max().item(), "seconds_fp32": seconds["fp32"],
+              "seconds_bf16": seconds["bf16"]}
+    print(f"bf16 minus fp32, per image: mean {result['difference_mean']:+.4f} nats, standard deviation "
+          f"{result['difference_std']:.4f}, largest {result['difference_max_abs']:.4f}; "
+          f"bf16 took {seconds['bf16'] / seconds['fp32']:.2f}x fp32's time")
+    return result
+
+
 def get_args(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument("--model", default="vae", choices=["ae", "vae"], help="model to time (default: vae)")
     p.add_argument("--latent", type=int, default=20, help="latent size (default: 20)")
     p.add_argument("--hidden", type=int, nargs="+", default=[784, 784], help="encoder widths (default: 784 784)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per step (default: 1024)")
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                   help="precisions to time (default: fp32 bf16)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per measurement, after one warm-up (default: 3)")
     p.add_argument("--skip-dataloader", action="store_true", help="do not time the DataLoader loop (default: time it)")
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile (default: off)")
-    p.add_argument("--data-dir", default="data", help="where MNIST lives (default: data)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--nll-checkpoint", default=None,
+                   help="measure log p(x) of this checkpoint in fp32 and bf16 instead of timing epochs (default: none)")
+    p.add_argument("--nll-images", type=int, default=1000, help="--nll-checkpoint: test images (default: 1000)")
+    p.add_argument("--nll-samples", type=int, default=5000, help="--nll-checkpoint: importance samples k (default: 5000)")
+    add_place_flags(p)
     p.add_argument("--json", default="output/bench.json", help="where to write the figures (default: output/bench.json)")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1 or args.latent < 1 or min(args.hidden) < 1:
-        p.error("--repeats, --batch-size, --latent and --hidden must be at least 1")
+    if min(args.repeats, args.batch_size, args.latent, *args.hidden, args.nll_images, args.nll_samples) < 1:
+        p.error("--repeats, --batch-size, --latent, --hidden, --nll-images and --nll-samples must be at least 1")
     return args
 
 
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    ensure_mnist(args.data_dir)
-    train_x = load_splits(args.data_dir, 0, device)["train"][0]
-    config = ModelConfig(model=args.model, latent=args.latent, hidden=tuple(args.hidden))
-
-    def fresh_step():
-        torch.manual_seed(0)
-        model = build_model(config).to(device).train()
-        train = TrainConfig(batch_size=args.batch_size)
-        return model, make_step(model, make_optimizer(model, train), train, compile=args.compile)
-
-    model, step = fresh_step()
-    generator = torch.Generator().manual_seed(0)
-    ours, ours_all = median_seconds(lambda: train_epoch(step, train_x, args.batch_size, generator).cpu(),
-                                    args.repeats, device)
-    roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device)
-    result = {
-        "model": config.to_dict(), "batch_size": args.batch_size, "images_per_epoch": len(train_x),
-        "device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__), "repeats": args.repeats,
-        "epoch_seconds": ours, "epoch_seconds_all": ours_all,
-        "matmul_gflop_per_epoch": flops / 1e9, "matmul_gflops": flops / roof / 1e9, "roofline_seconds": roof,
-        "fraction_of_roofline": roof / ours,
-    }
-    print(f"model {config.model} {config.input_dim}-{'-'.join(map(str, config.hidden))}-{config.latent}, "
-          f"batch {args.batch_size}, {len(train_x)} images/epoch, {device} ({cpu_name()}), "
-          f"{torch.get_num_threads()} threads")
-    print(f"this repository's loop : {ours:7.2f} s/epoch  (runs: {', '.join(f'{t:.2f}' for t in ours_all)})")
-    print(f"matmul roofline        : {roof:7.2f} s/epoch  ({flops / 1e9:.0f} GFLOP at {flops / roof / 1e9:.0f} GFLOP/s)")
-    print(f"fraction of roofline   : {roof / ours:7.1%}  (epoch time = {ours / roof:.2f} x roofline)")
-    if not args.skip_dataloader:
-        model, step = fresh_step()
-        loader_epoch = dataloader_epoch_fn(args.data_dir, 0, step, args.batch_size, device, 0)
-        reference, reference_all = median_seconds(loader_epoch, args.repeats, device)
-        result.update(dataloader_epoch_seconds=reference, dataloader_epoch_seconds_all=reference_all,
-                      speedup_over_dataloader=reference / ours)
-        print(f"DataLoader reference   : {reference:7.2f} s/epoch  (runs: {', '.join(f'{t:.2f}' for t in reference_all)})")
-        print(f"speedup over DataLoader: {reference / ours:7.2f} x")
+    result = nll_precision(args, device) if args.nll_checkpoint else time_epochs(args, device)
     result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     if device.type == "cuda":
         result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    print(f"peak memory            : {result['peak_memory_mib']:7.0f} MiB (process RSS)")
+    print(f"peak memory: {result['peak_memory_mib']:.0f} MiB (process RSS)")
     payload = json.dumps(result, indent=1)
     atomic_write(args.json, lambda f: f.write(payload), mode="w")
     print(f"wrote {args.json}")
+
+
+def speed_table(results):
+    """The docs' table of bench.py's figures, from the JSON files it wrote."""
+    lines = ["| model | precision | epoch: training + validation | its training's matmul roofline "
+             "| fraction of roofline | bf16 against fp32 | DataLoader loop, fp32 training |", "|" + "---|" * 7]
+    for r in results:
+        widths = "-".join(map(str, [r["model"]["input_dim"], *r["model"]["hidden"], r["model"]["latent"]]))
+        for precision in PRECISIONS:
+            t = r[precision]
+            faster, loader = (f"{r['bf16_speedup']:.2f}x faster", "") if precision == "bf16" else (
+                "", f"{r['dataloader_epoch_seconds']:.2f} s")
+            lines.append(f"| {widths} | {precision} | {t['epoch_seconds']:.2f} s = {t['train_seconds']:.2f} + "
+                         f"{t['val_seconds']:.2f} | {t['roofline_seconds']:.2f} s ({t['matmul_gflops']:.0f} GFLOP/s) "
+                         f"| {t['fraction_of_roofline']:.0%} | {faster} | {loader} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ class ArgumentParser(argparse.ArgumentParser):
                      f"{self.prog}: error: {message}\n")
 
 
-def add_place_flags(p, out_help, checkpoints=True):
-    """--out, --data-dir, --device (and --checkpoints): where a script reads and writes, and on what."""
+def add_place_flags(p, out_help=None, checkpoints=False):
+    """--data-dir and --device, with --out when out_help says what goes there and --checkpoints when
+    checkpoints are read: where a script reads and writes, and on what."""
     if checkpoints:
         p.add_argument("--checkpoints", default=None, help="folder of checkpoints to read (default: the --out folder)")
-    p.add_argument("--out", default="output", help=f"{out_help} (default: output)")
+    if out_help:
+        p.add_argument("--out", default="output", help=f"{out_help} (default: output)")
     p.add_argument("--data-dir", default="data", help="where MNIST lives or is fetched to (default: data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
 

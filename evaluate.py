@@ -22,14 +22,7 @@ from metrics import active_units, dead_units, encode_means, finite_or_none, gene
 from models import MODEL_NAMES
 from plots import plot_results
 from results import N_GENERATED, TOLERANCE, report, selections, summarize
-from runs import load_runs, run_name, variant_label
-
-
-def defines_likelihood(run):
-    """Whether the run's decoder is a normalised likelihood of its data: Bernoulli on 0/1 pixels. BCE
-    on grey pixels is not (its values for a pixel do not sum to 1 over the pixel's values), and the
-    squared error is a Gaussian of fixed variance 1/2, a density on pixels that are bytes."""
-    return run.config.model == "vae" and run.train.recon == "bce" and run.train.binarize
+from runs import defines_likelihood, load_runs, run_name, variant_label
 
 
 def measure_run(run, splits, seed, judge=None, nll_samples=0):
@@ -44,7 +37,7 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0):
         if config.model == "vae":
             entry[split + "_sampled"] = measure(model, *splits[split], sample=True, seed=seed)
     test_x, test_y = splits["test"]
-    if nll_samples and defines_likelihood(run):
+    if nll_samples and defines_likelihood(run.config, run.train):
         bounds = {}
         for k in (nll_samples, 1):  # 1: the ELBO, for how much the k samples tighten the bound
             with progress(total=len(test_x), desc=f"log p(x), k = {k}", unit="image", leave=False) as bar:
@@ -98,7 +91,7 @@ def cached(run, key, compute):
 
 def get_args(argv=None):
     p = ArgumentParser(__doc__)
-    add_place_flags(p, "where results.json, results.md and the plots of the numbers go")
+    add_place_flags(p, "where results.json, results.md and the plots of the numbers go", checkpoints=True)
     p.add_argument("--seed", type=int, default=0, help="seed of sampled z and generated images (default: 0)")
     p.add_argument("--classifier", default=None,
                    help="digit classifier checkpoint, trained there on first use (default: OUT/classifier.pt)")
@@ -141,7 +134,7 @@ def measure_all(args):
     entries = []
     for i, run in enumerate(runs):
         key = {"measures": MEASURES_VERSION, "checkpoint_sha256": sha256(run.path), "seed": args.seed,
-               "nll_samples": args.nll_samples if defines_likelihood(run) else None, "classifier_sha256": classifier_sha}
+               "nll_samples": args.nll_samples if defines_likelihood(run.config, run.train) else None, "classifier_sha256": classifier_sha}
 
         def compute():
             print(f"measuring {i + 1} of {len(runs)}: {run_name(run.config, run.train, seed=True)}", file=sys.stderr)

@@ -77,6 +77,13 @@ def check_run(config, train):
         raise ValueError("--iw-samples bounds the VAE's log-likelihood, with beta 1: add --model vae (and no --beta)")
 
 
+def defines_likelihood(config, train):
+    """Whether the run's decoder is a normalised likelihood of its data: Bernoulli on 0/1 pixels. BCE
+    on grey pixels is not (its values for a pixel do not sum to 1 over the pixel's values), and the
+    squared error is a Gaussian of fixed variance 1/2, a density on pixels that are bytes."""
+    return config.model == "vae" and train.recon == "bce" and train.binarize
+
+
 def train_config(config, settings):
     """A run's TrainConfig from a dict of its settings: argparse's, or a checkpoint's."""
     values = {f.name: settings.get(f.name, f.default) for f in fields(TrainConfig)}

@@ -98,7 +98,7 @@ def get_args(argv=None):
     p = ArgumentParser(__doc__)
     add_sweep_flags(p)
     add_identity_flags(p)
-    add_place_flags(p, "folder for checkpoints and figures", checkpoints=False)
+    add_place_flags(p, "folder for checkpoints and figures")
     add_machine_flags(p)
     args = p.parse_args(argv)
     if args.epochs < 1:

@@ -225,7 +225,7 @@ def selected_latent(selection, name, seeds_by_latent, val):
 
 def get_args(argv=None):
     p = ArgumentParser(__doc__)
-    add_place_flags(p, "where figures go, and where results.json is read")
+    add_place_flags(p, "where figures go, and where results.json is read", checkpoints=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the decoded random samples (default: 0)")
     args = p.parse_args(argv)
     check_seeds(seed=args.seed)

@@ -36,6 +36,22 @@ def test_bench_runs_and_writes_its_figures(mnist_dir, tmp_path):
     bench.main(["--hidden", "16", "--latent", "2", "--repeats", "1", "--skip-dataloader", "--device", "cpu",
                 "--data-dir", mnist_dir, "--json", str(out)])
     result = json.loads(out.read_text())
-    assert result["epoch_seconds"] > 0 and result["roofline_seconds"] > 0
-    assert result["images_per_epoch"] == 54_000
-    assert result["matmul_gflop_per_epoch"] == pytest.approx(54_000 * FLOPS_PER_IMAGE / 1e9, rel=1e-12)
+    assert result["images_per_epoch"] == 54_000 and result["bf16_speedup"] > 0
+    for precision in ("fp32", "bf16"):
+        times = result[precision]
+        assert times["epoch_seconds"] >= times["train_seconds"] > 0 and times["roofline_seconds"] > 0
+        assert times["matmul_gflop_per_epoch"] == pytest.approx(54_000 * FLOPS_PER_IMAGE / 1e9, rel=1e-12)
+
+
+def test_bench_measures_the_nll_in_both_precisions(mnist_dir, tmp_path):
+    import train
+    train.main(["--model", "vae", "--latent", "2", "--recon", "bce", "--binarize", "--epochs", "1", "--limit", "256",
+                "--hidden", "16", "--device", "cpu", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    (checkpoint,) = tmp_path.rglob("*.pt")
+    out = tmp_path / "nll.json"
+    bench.main(["--nll-checkpoint", str(checkpoint), "--nll-images", "20", "--nll-samples", "50", "--device", "cpu",
+                "--data-dir", mnist_dir, "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["images"] == 20 and result["k"] == 50
+    assert result["difference_mean"] == pytest.approx(result["nll_bf16"] - result["nll_fp32"], abs=1e-9)
+    assert 0 < result["difference_max_abs"] < 5, "bf16 moves the estimate, by a little"

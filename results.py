@@ -255,6 +255,33 @@ def likelihood_table(summary):
     return "\n".join(lines) + "\n" if rows else ""
 
 
+STUDY_METRICS = (("test MSE, z = mu", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4),
+                 ("KL (nats)", "test_kl", 2), ("active units", "active_units", 1))
+LIKELIHOOD_METRICS = (("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
+                      ("test MSE, z = mu", "test_mse", 4), ("active units", "active_units", 1))
+
+
+def precision_table(reference, summary, metrics=STUDY_METRICS):
+    """Each bf16 row of summary beside the float32 row of the same settings in reference, metric by
+    metric; "beyond the seeds" where the two mean ± standard deviation intervals do not overlap."""
+    lines = ["| model | latent | measure | fp32 | bf16 | bf16 - fp32 | beyond the seeds? |", "|" + "---|" * 7]
+    for r in summary:
+        settings = {k: v for k, v in r["settings"].items() if k != "precision"}
+        ours = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"], settings)
+                     and f["settings"].get("precision", "fp32") == "fp32"), None)
+        if r["settings"].get("precision") != "bf16" or ours is None:
+            continue
+        for name, key, digits in metrics:
+            if r.get(key) is None or ours.get(key) is None:
+                continue
+            seeds = min(len(r["seeds"]), len(ours["seeds"]))
+            beyond = abs(r[key] - ours[key]) > r[key + "_std"] + ours[key + "_std"]
+            lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(ours[key], ours[key + '_std'], digits)} "
+                         f"({len(ours['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
+                         f"| {r[key] - ours[key]:+.{digits}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def report(results):
     """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
     summary, info = results["summary"], results["classifier"]

@@ -202,11 +202,3 @@ def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
     assert "| 784-784-784-50, ReLU | 30 epochs, batch 128 | 5000 |" in lines[-1]
     assert "| static binarization | 784-400-40, ReLU | 500 epochs | 200 |" in lines[3], "pythae's is other data"
     assert results.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
-
-
-def test_readme_benchmark_table_is_the_committed_results_json():
-    with open(os.path.join(ROOT, "results", "likelihood", "results.json")) as f:
-        table = results.likelihood_table(json.load(f)["summary"])
-    assert table, "output/likelihood/results.json has no test NLL"
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), "regenerate the README's benchmark table from results/likelihood/results.md"

@@ -76,23 +76,6 @@ def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
         assert image.format == "JPEG" and image.size == (1300, 500)
 
 
-def committed_summary():
-    with open(os.path.join(ROOT, "results", "study", "results.json")) as f:
-        return json.load(f)["summary"]
-
-
-def assert_in_readme(table, what):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert table in f.read(), f"regenerate the README's {what} from results/study/results.md"
-
-
-def test_readme_main_table_is_the_committed_results_json():
-    """The README's main table, the study's configuration, is results.json's, digit for digit."""
-    summary = [r for r in committed_summary() if r["variant"] == "default"]
-    assert summary, "results/study/results.json has no run of the study's configuration"
-    assert_in_readme(results.markdown_tables(summary).split("\n\n")[0], "main table")
-
-
 def summary_row(model, settings, latent, **values):
     row = {"model": model, "settings": settings, "latent": latent, "seeds": [0]}
     for key in ("test_mse", "test_mse_sampled", "test_kl"):
@@ -121,18 +104,6 @@ def test_study_table_places_the_study_against_each_seed():
     assert lines[10][5] == "5, 6, 7 of 10" and lines[10][2].endswith("(3)")
     assert lines[50][6] == "0.0050" and lines[50][2] == "n/a", "the other variant is not the study's ReLU"
     assert results.study_table([summary_row("VAE", {"limit": 2048}, 2, test_mse=0.1)]) == ""
-
-
-def test_readme_study_table_is_the_committed_results_json():
-    table = results.study_table(committed_summary())
-    assert table, "results/study/results.json has no run to compare with the study"
-    assert_in_readme(table, "comparison with the study")
-
-
-def test_readme_rate_distortion_table_is_the_committed_results_json():
-    table = results.rate_distortion_table(committed_summary())
-    assert table, "results/study/results.json has no beta sweep"
-    assert_in_readme(table, "rate-distortion table")
 
 
 def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():

@@ -1,0 +1,96 @@
+"""The README and the pages under docs/: every table that quotes results is what the committed
+results render to, digit for digit, and the README stays a door (short, commands first, no link
+leaving the repository but public addresses)."""
+import glob
+import json
+import os
+import re
+
+import pytest
+
+import bench
+import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def committed(folder):
+    with open(os.path.join(ROOT, "results", folder, "results.json")) as f:
+        return json.load(f)["summary"]
+
+
+def page(name):
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def assert_in(table, name, what):
+    assert table, f"results/ has nothing for the {what}"
+    assert table.strip() in page(name), f"regenerate the {what} in {name} from results/"
+
+
+def test_readme_headline_table_is_the_committed_results_json():
+    assert_in(results.headline_table(committed("study")), "README.md", "headline table")
+
+
+def test_study_pages_tables_are_the_committed_results_json():
+    study = committed("study")
+    default = [r for r in study if r["variant"] == "default"]
+    assert_in(results.markdown_tables(default).split("\n\n")[0], "docs/study.md", "table of every column")
+    assert_in(results.study_table(study), "docs/study.md", "comparison with the study")
+    assert_in(results.rate_distortion_table(study), "docs/rate-distortion.md", "rate-distortion table")
+
+
+def test_likelihood_pages_table_is_the_committed_results_json():
+    assert_in(results.likelihood_table(committed("likelihood")), "docs/likelihood.md", "benchmark table")
+
+
+def test_speed_pages_tables_are_the_committed_results():
+    files = sorted(glob.glob(os.path.join(ROOT, "results", "bench", "bench_hidden_*.json")))
+    bench_results = []
+    for path in files:
+        with open(path) as f:
+            bench_results.append(json.load(f))
+    bench_results.sort(key=lambda r: -sum(r["model"]["hidden"]))
+    assert_in(bench.speed_table(bench_results), "docs/speed.md", "speed table")
+    study, precision = committed("study"), committed("precision")
+    assert_in(results.precision_table(study, precision), "docs/speed.md", "bf16 quality table")
+    assert_in(results.precision_table(committed("likelihood"), precision, results.LIKELIHOOD_METRICS),
+              "docs/speed.md", "bf16 likelihood table")
+    with open(os.path.join(ROOT, "results", "bench", "nll_precision.json")) as f:
+        nll = json.load(f)
+    text = page("docs/speed.md")
+    for figure in (f"{nll['difference_mean']:+.3f} nats", f"{nll['difference_std']:.3f}", f"{nll['nll_fp32']:.2f}",
+                   f"{nll['nll_bf16']:.2f}"):
+        assert figure in text, f"docs/speed.md should quote {figure} from results/bench/nll_precision.json"
+
+
+def test_the_readme_is_a_door():
+    text = page("README.md")
+    lines = text.splitlines()
+    assert len(lines) <= 250
+    commands = [i for i, line in enumerate(lines) if "pip install -r requirements.txt" in line]
+    assert commands and commands[1] < 40, "the two commands on the first screen"
+    assert "python train.py && python evaluate.py && python visualize.py" in lines[commands[0]]
+    assert lines[commands[1]].strip() == "pip install -r requirements.txt && pytest"
+
+
+@pytest.mark.parametrize("name", ["README.md"] + [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))])
+def test_links_stay_in_the_repository_and_lead_somewhere(name):
+    folder = os.path.dirname(os.path.join(ROOT, name))
+    for target in re.findall(r"\]\(([^)\s]+)\)", page(name)):
+        if target.startswith(("http://", "https://", "#")):  # public addresses, and places on the same page
+            continue
+        path = os.path.normpath(os.path.join(folder, target.split("#")[0]))
+        assert path.startswith(ROOT + os.sep), f"{name} links outside the repository: {target}"
+        assert os.path.exists(path), f"{name} links to {target}, which is not there"
+
+
+def test_the_published_results_are_apart_from_the_working_folder():
+    """The default commands write output/, which git ignores as a whole; results/ is theirs only
+    through --out."""
+    ignored = page(".gitignore").splitlines()
+    assert "output/" in ignored
+    import train, evaluate, visualize
+    for script in (train, evaluate, visualize):
+        assert script.get_args([]).out == "output"

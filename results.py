@@ -69,6 +69,8 @@ def summarize(entries):
                           if METRICS[key](group[0]) is not None}
         row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
         row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
+        if "nll_precision" in group[0]:  # bf16: said where it was used, absent (fp32) elsewhere
+            row["nll_precision"] = group[0]["nll_precision"]
         per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
         row["test_mse_per_digit"], row["test_mse_per_digit_std"] = map(list, zip(*per_digit))
         summary.append(row)
@@ -250,7 +252,8 @@ def likelihood_table(summary):
         lines.append(f"| {'VAE' if iw == 1 else f'IWAE, K = {iw}'} | this repository, `{variant_flags(settings)}` "
                      f"| dynamic binarization | {widths}, ReLU "
                      f"| {epochs_text(r['epochs'])} epochs, batch {settings.get('batch_size', TrainConfig.batch_size)} "
-                     f"| {r['nll_samples']} | {fmt(r['test_nll'], r['test_nll_std'], 2)} ({seeds}) "
+                     f"| {r['nll_samples']}{' (bf16)' if r.get('nll_precision') == 'bf16' else ''} "
+                     f"| {fmt(r['test_nll'], r['test_nll_std'], 2)} ({seeds}) "
                      f"| {r['test_nll'] - REFERENCE_NLL:+.2f} |")
     return "\n".join(lines) + "\n" if rows else ""
 

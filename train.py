@@ -163,7 +163,6 @@ class Sweep:
 
     def run_bar(self, i, name, start_epoch, epochs):
         self.bar.set_description(f"run {i + 1} of {self.n_runs}")
-        self.saved = 0
         return progress(total=epochs, initial=start_epoch, desc=name, unit="epoch", position=1, leave=False)
 
     def epoch_done(self, line):
@@ -258,6 +257,7 @@ def main(argv=None):
     path = None
     try:
         for i, (config, train, path) in enumerate(plan):
+            sweep.saved = 0
             with run_lock(path):
                 train_run(args, config, train, path, splits, device, sweep, i)
     except KeyboardInterrupt:

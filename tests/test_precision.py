@@ -105,3 +105,17 @@ def test_an_unknown_precision_is_refused_where_configs_are_made():
         TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="unknown precision"):
         models.matmul_precision("fp8", "cpu")
+
+
+def test_evaluate_can_estimate_the_nll_in_bf16_and_says_so(mnist_dir, tmp_path):
+    train.main(["--model", "vae", "--recon", "bce", "--binarize", *TINY, "--epochs", "1", "--data-dir", mnist_dir,
+                "--out", str(tmp_path)])
+    common = ["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier", "--nll-samples", "50"]
+    evaluate.main(common)
+    fp32 = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    evaluate.main([*common, "--nll-precision", "bf16"])
+    bf16 = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert "nll_precision" not in fp32 and bf16["nll_precision"] == "bf16", "measured anew, and labelled"
+    assert bf16["test_nll"] != fp32["test_nll"] and abs(bf16["test_nll"] - fp32["test_nll"]) < 0.5
+    assert bf16["test"] == fp32["test"], "only the NLL is estimated in bf16"
+    assert "| 50 (bf16) |" in (tmp_path / "results.md").read_text()

@@ -128,6 +128,32 @@ def loop_epoch(config, train, train_x, val_x, compile):
     return model, epoch, times
 
 
+def profile_steps(config, train, train_x, steps=20):
+    """torch.profiler over `steps` training steps after a warm-up: each op's share of the time, and
+    the share of the matrix multiplies (what the roofline counts) in all of it."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    model = build_model(config).to(train_x.device).train()
+    step = make_step(model, make_optimizer(model, train), train)
+    batches = train_x[:steps * train.batch_size].split(train.batch_size)
+    for x in batches[:3]:
+        step(x)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if train_x.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for x in batches:
+            step(x)
+        sync(train_x.device)
+    ops = prof.key_averages()
+    total = sum(op.self_device_time_total if train_x.device.type == "cuda" else op.self_cpu_time_total for op in ops)
+    share = {op.key: (op.self_device_time_total if train_x.device.type == "cuda" else op.self_cpu_time_total) / total
+             for op in ops}
+    matmuls = sum(v for k, v in share.items() if k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"))
+    top = sorted(share.items(), key=lambda kv: -kv[1])[:8]
+    print(f"{train.precision} profile of {len(batches)} steps: matmuls {matmuls:.0%} of the time; "
+          + ", ".join(f"{k} {v:.0%}" for k, v in top))
+    return {"matmul_share": matmuls, "top_ops": dict(top)}
+
+
 def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed):
     """The study's input pipeline: PIL images through ToTensor, batched and shuffled by DataLoader."""
     dataset = MNIST(data_dir, train=True, transform=transforms.ToTensor())
@@ -160,6 +186,8 @@ def time_epochs(args, device):
         seconds, runs = median_seconds(epoch, args.repeats, device)
         trained, validated = statistics.median(times["train"][1:]), statistics.median(times["val"][1:])
         roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device, precision)
+        if args.profile:
+            result[f"{precision}_profile"] = profile_steps(config, train, train_x)
         result[precision] = {"epoch_seconds": seconds, "epoch_seconds_all": runs, "train_seconds": trained,
                              "val_seconds": validated, "matmul_gflop_per_epoch": flops / 1e9,
                              "matmul_gflops": flops / roof / 1e9, "roofline_seconds": roof,
@@ -221,6 +249,8 @@ def get_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per measurement, after one warm-up (default: 3)")
     p.add_argument("--skip-dataloader", action="store_true", help="do not time the DataLoader loop (default: time it)")
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile (default: off)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 20 training steps per precision with torch.profiler (default: off)")
     p.add_argument("--nll-checkpoint", default=None,
                    help="measure log p(x) of this checkpoint in fp32 and bf16 instead of timing epochs (default: none)")
     p.add_argument("--nll-images", type=int, default=1000, help="--nll-checkpoint: test images (default: 1000)")

@@ -34,9 +34,10 @@ def test_one_epochs_flops_against_a_hand_count():
 def test_bench_runs_and_writes_its_figures(mnist_dir, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--hidden", "16", "--latent", "2", "--repeats", "1", "--skip-dataloader", "--device", "cpu",
-                "--data-dir", mnist_dir, "--json", str(out)])
+                "--data-dir", mnist_dir, "--json", str(out), "--profile"])
     result = json.loads(out.read_text())
     assert result["images_per_epoch"] == 54_000 and result["bf16_speedup"] > 0
+    assert 0 < result["bf16_profile"]["matmul_share"] < 1 and "aten::addmm" in result["fp32_profile"]["top_ops"]
     for precision in ("fp32", "bf16"):
         times = result[precision]
         assert times["epoch_seconds"] >= times["train_seconds"] > 0 and times["roofline_seconds"] > 0

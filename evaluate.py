@@ -103,8 +103,8 @@ def get_args(argv=None):
                    help="importance samples per test image for the test NLL of runs whose decoder is a likelihood "
                         "of their data (--recon bce --binarize); 0 skips it (default: 5000, as in the literature)")
     p.add_argument("--nll-precision", default="fp32", choices=PRECISIONS,
-                   help="matmuls of the test NLL: bf16 took 0.57x the time and moved the k = 5000 estimate by "
-                        "-0.002 nats on average here (docs/speed.md) (default: fp32)")
+                   help="matmuls of the test NLL; bf16 is faster and moved the k = 5000 estimate by a few thousandths "
+                        "of a nat on average here (docs/speed.md) (default: fp32)")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the classifier accuracy and Frechet distance (default: measure them)")
     p.add_argument("--report-only", action="store_true",

@@ -260,8 +260,7 @@ def likelihood_table(summary):
 
 STUDY_METRICS = (("test MSE, z = mu", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4),
                  ("KL (nats)", "test_kl", 2), ("active units", "active_units", 1))
-LIKELIHOOD_METRICS = (("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
-                      ("test MSE, z = mu", "test_mse", 4), ("active units", "active_units", 1))
+EVERY_METRIC = (("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2)) + STUDY_METRICS
 
 
 def precision_table(reference, summary, metrics=STUDY_METRICS):
@@ -281,7 +280,7 @@ def precision_table(reference, summary, metrics=STUDY_METRICS):
             beyond = abs(r[key] - ours[key]) > r[key + "_std"] + ours[key + "_std"]
             lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(ours[key], ours[key + '_std'], digits)} "
                          f"({len(ours['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
-                         f"| {r[key] - ours[key]:+.{digits}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
+                         f"| {r[key] - ours[key]:+.{digits + 1}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 

@@ -43,7 +43,10 @@ def plot_mean_band(ax, runs, key, label):
 
 
 def curve_axes(ax, ylabel, title, log=True):
-    """Epochs as whole numbers, a log error axis labelled in plain numbers."""
+    """Epochs as whole numbers; errors on a log axis labelled in plain numbers where they fall by a
+    factor of 3 or more, else (a short run) on a linear one, which then has more than one label."""
+    values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    log = log and min(values) > 0 and max(values) >= 3 * min(values)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title, yscale="log" if log else "linear")
     integer_axis(ax.xaxis)
     if log:

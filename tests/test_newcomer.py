@@ -133,10 +133,15 @@ def test_curves_read_well_for_a_short_sweep(monkeypatch, tmp_path):
     monkeypatch.setattr(visualize, "save_figure", lambda fig, path: drawn.setdefault(os.path.basename(path), fig))
     visualize.plot_curves({2: fake_runs(2, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "one.jpg"))
     visualize.plot_curves({2: fake_runs(3, 2)}, "val_mse", "MSE", "VAE", str(tmp_path / "two.jpg"))
-    one, two = drawn["one.jpg"].axes[0], drawn["two.jpg"].axes[0]
+    visualize.plot_curves({2: fake_runs(20, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "long.jpg"))
+    one, two, long = (drawn[f"{name}.jpg"].axes[0] for name in ("one", "two", "long"))
     assert all(float(v).is_integer() for v in one.get_xticks()), "whole epochs"
-    one.figure.canvas.draw()
-    labels = [t.get_text() for t in one.get_yticklabels() + one.get_yticklabels(minor=True) if t.get_text()]
-    assert labels and all("10^" not in t and "times" not in t for t in labels), labels
+    assert (one.get_yscale(), long.get_yscale()) == ("linear", "log"), "log only where the error falls 3-fold"
+    for ax in (one, long):
+        ax.figure.canvas.draw()
+        low, high = ax.get_ylim()
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)
+                  if t.get_text() and low <= t.get_position()[1] <= high]
+        assert len(labels) >= 2 and all("10^" not in t and "times" not in t for t in labels), labels
     assert one.get_legend().get_title().get_text() == "latent size", "one seed: no band, no word of one"
     assert two.get_legend().get_title().get_text() == "latent size (band: seeds' range)"

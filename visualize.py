@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import make_grid
 
-import explorer
+import explorer_page
 from common import ArgumentParser, UserError, add_place_flags, check_seeds, pick_device, run_cli, save_figure
 from data import load_splits
 from metrics import encode_means, generate, latent_prior, measure, reconstruct
@@ -283,9 +283,9 @@ def main(argv=None):
         folders.append(variant_folder(args.out, MODEL_NAMES[kind], settings))
         print(f"drawing {name}", file=sys.stderr)
         draw(name, seeds_by_latent, folders[-1], splits, shown, selected[kind, settings], args.seed)
-    chosen = explorer.page_runs(groups, selected)
+    chosen = explorer_page.page_runs(groups, selected)
     page = os.path.join(args.out, "explorer.html")
-    size = chosen and explorer.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
+    size = chosen and explorer_page.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
     print(f"wrote figures under {', '.join(folders)}" +
           (f", and {page} ({size / 2**20:.1f} MB; open it in a browser)" if size else ""))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import explorer
-import screenshot
+import explorer_page
 import train
 import visualize
 from common import UserError
@@ -34,17 +34,17 @@ def study(mnist_dir, tmp_path_factory):
     groups = {}
     for run in runs:
         groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
-    chosen = explorer.page_runs(groups, {key: 3 for key in groups})
+    chosen = explorer_page.page_runs(groups, {key: 3 for key in groups})
     test = load_splits(mnist_dir, 0, "cpu")["test"]
     page = out / "page.html"
-    explorer.write_page(chosen, test, str(page))
+    explorer_page.write_page(chosen, test, str(page))
     return {"out": out, "page": page, "runs": {name: run for run, name, *_ in chosen}, "test": test}
 
 
 @pytest.fixture(scope="module")
 def browser():
     try:
-        driver = screenshot.open_browser()
+        driver = explorer.open_browser()
     except UserError as e:
         require(str(e))
     yield driver
@@ -53,7 +53,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, study):
-    screenshot.load_page(browser, str(study["page"]))
+    explorer.load_page(browser, str(study["page"]))
     browser.load_log = browser.get_log("browser")  # what loading said; each test starts with an empty console
     return browser
 
@@ -63,8 +63,8 @@ def dequantized(model):
     import copy
     model = copy.deepcopy(model)
     with torch.no_grad():
-        for layer in explorer.linear_layers(model):
-            q, scale = explorer.quantize(layer.weight)
+        for layer in explorer_page.linear_layers(model):
+            q, scale = explorer_page.quantize(layer.weight)
             layer.weight.copy_(q.float() * scale[:, None])
     return model
 
@@ -132,7 +132,7 @@ def test_a_drawn_digit_is_encoded_reconstructed_and_marked(page):
     assert len(reconstructions) == 2
     before = [canvas_pixels(page, c) for c in reconstructions]
     planes_before = [canvas_pixels(page, c) for c in page.find_elements(By.CSS_SELECTOR, "canvas.plane")]
-    screenshot.draw_stroke(page, page.find_element(By.ID, "pad"), screenshot.THREE)
+    explorer.draw_stroke(page, page.find_element(By.ID, "pad"), explorer.THREE)
     page.execute_script("return new Promise((done) => requestAnimationFrame(() => done()))")
     drawn = torch.tensor(page.execute_script("return explorer.drawn"))
     assert drawn.shape == (784,) and drawn.min() >= 0 and drawn.max() <= 1 and drawn.sum() > 20
@@ -160,7 +160,7 @@ def test_a_slider_moves_the_selected_vae(page):
 
 def test_the_console_shows_no_error(page):
     from selenium.webdriver.common.by import By
-    screenshot.draw_stroke(page, page.find_element(By.ID, "pad"), screenshot.THREE)
+    explorer.draw_stroke(page, page.find_element(By.ID, "pad"), explorer.THREE)
     page.find_element(By.ID, "clear").click()
     # warnings too, but only the page's own: the tests' reads of canvases (execute_script) warn as well
     errors = [entry for entry in page.load_log + page.get_log("browser")
@@ -171,9 +171,9 @@ def test_the_console_shows_no_error(page):
 def test_a_page_over_the_size_limit_leaves_the_sliders_out(study, monkeypatch, tmp_path):
     chosen = [(run, name, "latent 3" not in name, "latent 3" not in name, "latent 3" in name)
               for name, run in study["runs"].items()]
-    full = explorer.write_page(chosen, study["test"], str(tmp_path / "full.html"))
-    monkeypatch.setattr(explorer, "PAGE_LIMIT", full - 1)
-    smaller = explorer.write_page(chosen, study["test"], str(tmp_path / "small.html"))
+    full = explorer_page.write_page(chosen, study["test"], str(tmp_path / "full.html"))
+    monkeypatch.setattr(explorer_page, "PAGE_LIMIT", full - 1)
+    smaller = explorer_page.write_page(chosen, study["test"], str(tmp_path / "small.html"))
     assert smaller < full and not any("sliders" in m for m in page_data(tmp_path / "small.html")["models"])
     assert any("sliders" in m for m in page_data(tmp_path / "full.html")["models"])
 
@@ -184,8 +184,8 @@ def test_names_and_paths_go_into_the_page_as_text(browser, study, tmp_path):
     chosen = [(run._replace(path=os.path.join(str(tmp_path), odd, os.path.basename(run.path))), name,
                "latent 3" not in name, "latent 3" not in name, "latent 3" in name) for name, run in study["runs"].items()]
     page = tmp_path / "odd.html"
-    explorer.write_page(chosen, study["test"], str(page))
-    screenshot.load_page(browser, str(page))
+    explorer_page.write_page(chosen, study["test"], str(page))
+    explorer.load_page(browser, str(page))
     source = browser.execute_script("const s = document.getElementById('source'); "
                                     "return [s.textContent, s.querySelectorAll('b').length, s.querySelectorAll('img').length]")
     assert source[0].count(odd) == len(chosen), "each path shown as typed"

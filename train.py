@@ -158,11 +158,12 @@ class Sweep:
 
     def __init__(self, n_runs, epochs_left):
         self.n_runs, self.left, self.done, self.start = n_runs, epochs_left, 0, time.perf_counter()
-        self.bar = progress(total=epochs_left, unit="epoch", position=0)
+        self.bar = progress(total=epochs_left, desc="sweep", unit="epoch", position=0)
         self.saved = 0  # epochs of the current run saved by this process
 
     def run_bar(self, i, name, start_epoch, epochs):
-        self.bar.set_description(f"run {i + 1} of {self.n_runs}")
+        self.place = f"run {i + 1} of {self.n_runs}"
+        self.bar.set_description(self.place)
         return progress(total=epochs, initial=start_epoch, desc=name, unit="epoch", position=1, leave=False)
 
     def epoch_done(self, line):
@@ -170,7 +171,8 @@ class Sweep:
         self.bar.update(1)
         if not on_terminal():
             left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
-            print(f"{line}; sweep: {self.done} of {self.left} epochs done, about {left / 60:.0f} min left", flush=True)
+            print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, about {left / 60:.0f} min left",
+                  flush=True)
 
 
 def train_run(args, config, train, path, splits, device, sweep, i):

@@ -118,7 +118,7 @@ def epochs_words(epochs):
 
 def short_of_study(rows):
     """The rows trained for fewer epochs than the study's 50."""
-    return [r for r in rows if any(e is None or e < STUDY_EPOCHS for e in r.get("epochs", [STUDY_EPOCHS]))]
+    return [r for r in rows if any(e is not None and e < STUDY_EPOCHS for e in r.get("epochs", []))]
 
 
 def markdown_tables(summary):

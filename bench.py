@@ -109,11 +109,16 @@ def roofline(model, n_images, batch, repeats, device, precision="fp32"):
     return sum(step_seconds[b] for b in sizes), total_flops
 
 
+def fresh_step(config, train, device, compile=False):
+    """A new model, seeded as every timing here starts, and its training step."""
+    torch.manual_seed(0)
+    model = build_model(config).to(device).train()
+    return model, make_step(model, make_optimizer(model, train), train, compile)
+
+
 def loop_epoch(config, train, train_x, val_x, compile):
     """A fresh model and train.py's epoch: training in train.precision, then float32 validation."""
-    torch.manual_seed(0)
-    model = build_model(config).to(train_x.device).train()
-    step = make_step(model, make_optimizer(model, train), train, compile)
+    model, step = fresh_step(config, train, train_x.device, compile)
     generator = torch.Generator().manual_seed(0)
     times = {"train": [], "val": []}
 
@@ -132,9 +137,7 @@ def profile_steps(config, train, train_x, steps=20):
     """torch.profiler over `steps` training steps after a warm-up: each op's share of the time, and
     the share of the matrix multiplies (what the roofline counts) in all of it."""
     from torch.profiler import ProfilerActivity, profile
-    torch.manual_seed(0)
-    model = build_model(config).to(train_x.device).train()
-    step = make_step(model, make_optimizer(model, train), train)
+    _, step = fresh_step(config, train, train_x.device)
     batches = train_x[:steps * train.batch_size].split(train.batch_size)
     for x in batches[:3]:
         step(x)
@@ -200,10 +203,8 @@ def time_epochs(args, device):
         print(f"bf16 against fp32: {result['bf16_speedup']:.2f}x per epoch")
     if not args.skip_dataloader:
         train = TrainConfig(batch_size=args.batch_size)
-        torch.manual_seed(0)
-        model = build_model(config).to(device).train()
-        loader_epoch = dataloader_epoch_fn(args.data_dir, 0, make_step(model, make_optimizer(model, train), train),
-                                           args.batch_size, device, 0)
+        loader_epoch = dataloader_epoch_fn(args.data_dir, 0, fresh_step(config, train, device)[1], args.batch_size,
+                                           device, 0)
         reference, reference_all = median_seconds(loader_epoch, args.repeats, device)
         result.update(dataloader_epoch_seconds=reference, dataloader_epoch_seconds_all=reference_all)
         print(f"DataLoader reference, fp32 training only: {reference:.2f} s/epoch "

@@ -7,7 +7,7 @@ Per model, variant and latent size (mean and spread over the seeds found): per-p
 per digit (the VAE both with z = mu and with one sampled z, as the study measured), the VAE's KL and
 active units, the Autoencoder's dead code units, a digit classifier's accuracy on the
 reconstructions, and the Frechet distance of decoded samples to the test set. Everything is measured
-in float32, whatever precision a run trained in.
+in float32, whatever precision a run trained in (the test NLL too, unless --nll-precision bf16).
 """
 import hashlib
 import json

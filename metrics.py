@@ -1,5 +1,5 @@
 """The measuring helpers shared by training, evaluation and figures: all without gradients, in eval
-mode, in float32."""
+mode, and in float32 unless log_px is asked for bf16."""
 import contextlib
 import math
 
@@ -71,8 +71,8 @@ def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=500, progress
     2016): log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x)), z_i ~ q(z|x). It is a lower bound that rises
     with k towards log p(x); k = 1 is the ELBO. The k draws go in chunks, so memory stays at
     batch_size x chunk x 784 floats on any device; the draws come from a seeded stream of their own.
-    precision "bf16" runs the decoder's matmuls in bfloat16; the log weights and their log-sum-exp
-    stay float32 (python bench.py --nll-checkpoint measures what it changes)."""
+    precision "bf16" runs the encoder's and decoder's matmuls in bfloat16; the log weights and their
+    log-sum-exp stay float32 (python bench.py --nll-checkpoint measures what it changes)."""
     estimates = []
     with seeded_eval(model, seed, x.device), matmul_precision(precision, x.device.type):
         for xb in x.split(batch_size):

@@ -269,18 +269,19 @@ def precision_table(reference, summary, metrics=STUDY_METRICS):
     lines = ["| model | latent | measure | fp32 | bf16 | bf16 - fp32 | beyond the seeds? |", "|" + "---|" * 7]
     for r in summary:
         settings = {k: v for k, v in r["settings"].items() if k != "precision"}
-        ours = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"], settings)
-                     and f["settings"].get("precision", "fp32") == "fp32"), None)
-        if r["settings"].get("precision") != "bf16" or ours is None:
+        # the same settings less precision: the float32 run (its settings name no precision)
+        fp32 = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"], settings)),
+                    None)
+        if r["settings"].get("precision") != "bf16" or fp32 is None:
             continue
         for name, key, digits in metrics:
-            if r.get(key) is None or ours.get(key) is None:
+            if r.get(key) is None or fp32.get(key) is None:
                 continue
-            seeds = min(len(r["seeds"]), len(ours["seeds"]))
-            beyond = abs(r[key] - ours[key]) > r[key + "_std"] + ours[key + "_std"]
-            lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(ours[key], ours[key + '_std'], digits)} "
-                         f"({len(ours['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
-                         f"| {r[key] - ours[key]:+.{digits + 1}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
+            seeds = min(len(r["seeds"]), len(fp32["seeds"]))
+            beyond = abs(r[key] - fp32[key]) > r[key + "_std"] + fp32[key + "_std"]
+            lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(fp32[key], fp32[key + '_std'], digits)} "
+                         f"({len(fp32['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
+                         f"| {r[key] - fp32[key]:+.{digits + 1}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 

@@ -294,3 +294,15 @@ def test_evaluate_measures_only_what_changed(mnist_dir, outputs, monkeypatch):
     measured.clear()
     run_evaluate(mnist_dir, outputs, "--no-classifier", "--seed", "1")
     assert len(measured) == 5, "another setting: everything measured again"
+
+
+def test_report_only_renders_the_same_report_from_results_json_alone(mnist_dir, outputs, tmp_path):
+    run_evaluate(mnist_dir, outputs)
+    written = {name: (outputs / name).read_bytes() for name in ("results.json", "results.md")}
+    (outputs / "results.md").unlink()
+    for checkpoint in outputs.rglob("*.pt"):
+        checkpoint.unlink()  # nothing measured: no checkpoint needed
+    evaluate.main(["--out", str(outputs), "--report-only"])
+    assert {name: (outputs / name).read_bytes() for name in written} == written
+    with pytest.raises(UserError, match=r"--report-only needs a readable .*results.json"):
+        evaluate.main(["--out", str(tmp_path / "nothing"), "--report-only"])

@@ -69,7 +69,7 @@ def load_or_train(path, splits, split_seed, epochs=6):
     """The cached classifier at path, or a new one trained on the training split and saved there."""
     if os.path.exists(path):
         try:  # plain data only: a file carrying pickled code is refused, not run
-            ckpt = torch.load(path, map_location=splits["test"][0].device, weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict copies to the device
             if ckpt["format"] != CLASSIFIER_FORMAT or not {"split_seed", "test_accuracy"} <= ckpt.keys():
                 raise ValueError("another program's file, or an incomplete one")
             model = DigitCNN().to(splits["test"][0].device)

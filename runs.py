@@ -18,6 +18,7 @@ import fcntl
 import glob
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple, Optional
 
@@ -174,15 +175,77 @@ def checkpoint(config, train, epochs, epoch, model, optimizer, history, rng):
             "history": history, "rng": rng, "versions": versions()}
 
 
+def rng_state(generator, device):
+    """The random state a run continues from: PyTorch's global CPU stream, the batch order's
+    generator and, for a run on a GPU, that GPU's stream (asked for only then: asking starts CUDA)."""
+    state = {"torch": torch.get_rng_state(), "batch_order": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, generator, device):
+    """rng_state's inverse. The saved GPU stream goes to the GPU the run trains on now, whatever its
+    number: a run started on cuda:1 continues on the cuda:0 of a job that sees one GPU. PyTorch takes
+    RNG states only as CPU tensors."""
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["batch_order"].cpu())
+    cuda = state.get("cuda")
+    if device.type == "cuda" and cuda is not None:
+        if isinstance(cuda, (list, tuple)):  # written before: one state per GPU the process saw, in order
+            index = torch.cuda.current_device() if device.index is None else device.index
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def snapshot(ckpt):
+    """A copy of a checkpoint that later training cannot change: its tensors cloned, where
+    checkpoint() holds the live weights and optimizer state, and its lists copied."""
+    if isinstance(ckpt, torch.Tensor):
+        return ckpt.detach().clone()
+    if isinstance(ckpt, dict):
+        return {k: snapshot(v) for k, v in ckpt.items()}
+    if isinstance(ckpt, (list, tuple)):
+        return type(ckpt)(snapshot(v) for v in ckpt)
+    return ckpt
+
+
 def save_checkpoint(path, ckpt):
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+class Saver:
+    """Writes a run's checkpoint after its last epoch and otherwise at most every `every_s` seconds:
+    a write is ~30 MB (weights and AdamW's moments) and an fsync, longer than a whole epoch of the
+    study's model on a fast GPU. An epoch not written is kept in memory, and flush() writes it when
+    the run ends early, so that the file always holds the last finished epoch or one before it."""
+
+    def __init__(self, path, every_s):
+        self.path, self.every_s, self.saved_at, self.unsaved = path, every_s, time.monotonic(), None
+
+    def epoch_done(self, ckpt, last=False):
+        if last or time.monotonic() - self.saved_at >= self.every_s:
+            self.unsaved = ckpt  # until written: a stop during the write has flush() write it again
+            save_checkpoint(self.path, ckpt)
+            self.unsaved, self.saved_at = None, time.monotonic()
+        else:
+            self.unsaved = snapshot(ckpt)  # a copy: the next epoch changes the weights in place
+
+    def flush(self):
+        if self.unsaved is not None:
+            ckpt, self.unsaved = self.unsaved, None
+            save_checkpoint(self.path, ckpt)
+
+
 def load_checkpoint(path, device="cpu"):
-    """A checkpoint of this repository (format 2, or 1 read as 2) and its model, rebuilt and in eval
-    mode. Only plain data is read (weights_only=True): a file carrying pickled code is refused, not run."""
+    """A checkpoint of this repository (format 2, or 1 read as 2) and its model, rebuilt on device and
+    in eval mode. The checkpoint itself is read onto the CPU, whatever the device: its RNG states
+    must stay there (PyTorch refuses them elsewhere), and the model and optimizer copy their tensors
+    to their own device when loaded. Only plain data is read (weights_only=True): a file carrying
+    pickled code is refused, not run."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}")
     except Exception as e:

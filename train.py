@@ -5,8 +5,11 @@
     python train.py --model vae --beta 0.5   # a variant: its own files, under output/VAE/beta_0.5/
 """
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -15,9 +18,9 @@ from common import (ArgumentParser, UserError, add_place_flags, check_precision,
                     on_terminal, pick_device, progress, run_cli)
 from data import load_splits
 from metrics import per_image_errors
-from models import PRECISIONS, ModelConfig, build_model
-from runs import (STUDY_EPOCHS, TrainConfig, checkpoint, checkpoint_path, load_run, planned_runs, run_lock, run_name,
-                  save_checkpoint)
+from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
+from runs import (STUDY_EPOCHS, Saver, TrainConfig, checkpoint, checkpoint_path, load_run, planned_runs,
+                  restore_rng_state, rng_state, run_lock, run_name)
 from step import make_optimizer, make_step, train_epoch
 
 flush_subnormals()  # on import, before PyTorch starts its threads
@@ -76,6 +79,9 @@ def add_identity_flags(p):
 def add_machine_flags(p):
     """Where and how the runs go: this machine's threads, or jobs through submitit (launch.py)."""
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    p.add_argument("--save-every-s", type=float, default=30,
+                   help="save a run's checkpoint at most every this many seconds; its last epoch, Ctrl-C, SIGTERM "
+                        "and SLURM's SIGUSR2 always save every finished epoch; 0 saves after each epoch (default: 30)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
     p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
@@ -103,6 +109,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be positive")
+    if not args.save_every_s >= 0:
+        p.error("--save-every-s must not be negative")
     for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -114,18 +122,32 @@ def get_args(argv=None):
     return args
 
 
-def rng_state(generator):
-    state = {"torch": torch.get_rng_state(), "batch_order": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class Stopped(Exception):
+    """A request to stop from outside: SIGTERM, or SIGUSR2, which SLURM sends ahead of a time limit or
+    a preemption when asked to (submitit asks for it)."""
 
 
-def set_rng_state(state, generator):
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["batch_order"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+@contextlib.contextmanager
+def stop_signals():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt, SIGTERM and SIGUSR2 raise Stopped, the first one
+    only: a second signal while the run saves its finished epochs is ignored, so that the save
+    completes. The caller's handlers are back afterwards (signals reach the main thread alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handler(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def objective(config, train):
@@ -176,53 +198,61 @@ class Sweep:
 
 
 def train_run(args, config, train, path, splits, device, sweep, i):
-    """Train one run, saving its checkpoint to path after every epoch."""
+    """Train one run. Its checkpoint is saved at most every --save-every-s seconds, after its last
+    epoch, and whenever the run ends early (Ctrl-C, SIGTERM, SIGUSR2, a non-finite loss): always as
+    it stood at the end of an epoch, so that --resume continues exactly."""
+    ckpt = existing_checkpoint(path, config, train, args.resume, device)
+    if args.resume and ckpt is not None and ckpt["epoch"] >= args.epochs:
+        print(f"skipped {path}: already trained for {ckpt['epoch']} epochs")
+        return
     torch.manual_seed(train.seed)
     model = build_model(config).to(device)
     optimizer = make_optimizer(model, train)
     generator = torch.Generator().manual_seed(train.seed)
     history = {k: [] for k in ("train_loss", "train_mse", "train_kl", "val_mse", "val_kl", "seconds")}
     start_epoch = 0
-    ckpt = existing_checkpoint(path, config, train, args.resume, device)
     if args.resume and ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"], generator)
+        restore_rng_state(ckpt["rng"], generator, device)
         history, start_epoch = ckpt["history"], ckpt["epoch"]
-        if start_epoch >= args.epochs:
-            print(f"skipped {path}: already trained for {start_epoch} epochs")
-            return
     elif args.resume:
         print(f"no checkpoint at {path} to resume: starting afresh")
     elif os.path.exists(path):
-        print(f"retraining {path} from scratch; it is replaced after the first epoch (--resume continues it instead)")
+        print(f"retraining {path} from scratch; it is replaced at the run's first save (--resume continues it instead)")
     model.train()
     step = make_step(model, optimizer, train, args.compile)
     train_x, val_x = splits["train"][0], splits["val"][0]
     pixels, name, loss_name = train_x.shape[1], run_name(config, train), objective(config, train)
     bar = sweep.run_bar(i, name, start_epoch, args.epochs)
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        stats = train_epoch(step, train_x, train.batch_size, generator).cpu()  # one sync per epoch
-        bad = (~torch.isfinite(stats[:, 0])).nonzero()
-        if len(bad):
-            kept = f"the last good checkpoint ({path}, epoch {epoch}) is kept" if epoch else "nothing was saved"
-            raise UserError(f"{name}: the loss became non-finite at epoch "
-                            f"{epoch + 1}, batch {int(bad[0]) + 1}; {kept}; try a lower --lr")
-        val_se, val_kl = per_image_errors(model, val_x, sample=True)
-        history["train_loss"].append(stats[:, 0].mean().item())
-        history["train_mse"].append(stats[:, 1].sum().item() / (len(train_x) * pixels))
-        history["train_kl"].append(stats[:, 2].sum().item() / len(train_x))
-        history["val_mse"].append(val_se.mean().item() / pixels)
-        history["val_kl"].append(val_kl.mean().item())
-        history["seconds"].append(time.perf_counter() - t0)
-        save_checkpoint(path, checkpoint(config, train, args.epochs, epoch + 1, model, optimizer, history,
-                                         rng_state(generator)))
-        figures = (f"loss {history['train_loss'][-1]:.2f} ({loss_name}), train MSE {history['train_mse'][-1]:.4f}, "
-                   f"val MSE {history['val_mse'][-1]:.4f}" + (f", val KL {history['val_kl'][-1]:.2f}" if config.model == "vae" else ""))
-        bar.update(1)
-        bar.set_postfix_str(figures)
-        sweep.epoch_done(f"{name}: epoch {epoch + 1} of {args.epochs}: {figures}")
+    saver = Saver(path, args.save_every_s)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            t0 = time.perf_counter()
+            stats = train_epoch(step, train_x, train.batch_size, generator).cpu()  # one sync per epoch
+            bad = (~torch.isfinite(stats[:, 0])).nonzero()
+            if len(bad):
+                kept = f"the last good checkpoint ({path}, epoch {epoch}) is kept" if epoch else "nothing was saved"
+                raise UserError(f"{name}: the loss became non-finite at epoch "
+                                f"{epoch + 1}, batch {int(bad[0]) + 1}; {kept}; try a lower --lr")
+            val_se, val_kl = per_image_errors(model, val_x, sample=True)
+            history["train_loss"].append(stats[:, 0].mean().item())
+            history["train_mse"].append(stats[:, 1].sum().item() / (len(train_x) * pixels))
+            history["train_kl"].append(stats[:, 2].sum().item() / len(train_x))
+            history["val_mse"].append(val_se.mean().item() / pixels)
+            history["val_kl"].append(val_kl.mean().item())
+            history["seconds"].append(time.perf_counter() - t0)
+            saver.epoch_done(checkpoint(config, train, args.epochs, epoch + 1, model, optimizer, history,
+                                        rng_state(generator, device)), last=epoch + 1 == args.epochs)
+            figures = (f"loss {history['train_loss'][-1]:.2f} ({loss_name}), train MSE {history['train_mse'][-1]:.4f}, "
+                       f"val MSE {history['val_mse'][-1]:.4f}"
+                       + (f", val KL {history['val_kl'][-1]:.2f}" if config.model == "vae" else ""))
+            bar.update(1)
+            bar.set_postfix_str(figures)
+            sweep.epoch_done(f"{name}: epoch {epoch + 1} of {args.epochs}: {figures}")
+    except BaseException:
+        saver.flush()  # every finished epoch is kept, never a part of one
+        raise
     bar.close()
     print(f"saved {path}")
 
@@ -247,9 +277,6 @@ def main(argv=None):
         return launch(args, sys.argv[1:] if argv is None else argv)
     device = pick_device(args.device)
     check_precision(args.precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x the fp32 rate, ample for this loss
-        torch.backends.cudnn.allow_tf32 = True
     splits = load_splits(args.data_dir, args.split_seed, device, args.limit, binarize=args.binarize)
     threads = torch.get_num_threads()  # restored on return: a caller (a test, a notebook) keeps its own
     if args.threads:
@@ -258,14 +285,16 @@ def main(argv=None):
     sweep = Sweep(len(plan), sum(max(0, args.epochs - epochs_done(path, args.resume)) for _, _, path in plan))
     path = None
     try:
-        for i, (config, train, path) in enumerate(plan):
-            sweep.saved = 0
-            with run_lock(path):
-                train_run(args, config, train, path, splits, device, sweep, i)
-    except KeyboardInterrupt:
+        with stop_signals(), cuda_tf32(True):  # "fp32" training on a GPU is TF32, and only the training
+            for i, (config, train, path) in enumerate(plan):
+                sweep.saved = 0
+                with run_lock(path):
+                    train_run(args, config, train, path, splits, device, sweep, i)
+    except (KeyboardInterrupt, Stopped) as e:
+        how = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {e}"
         if sweep.saved or epochs_done(path, True):
-            raise UserError(f"interrupted; {path} keeps every finished epoch: add --resume to the same command to continue")
-        raise UserError(f"interrupted before the first epoch of {path} ended: nothing of that run was saved")
+            raise UserError(f"{how}; {path} keeps every finished epoch: add --resume to the same command to continue")
+        raise UserError(f"{how} before the first epoch of {path} ended: nothing of that run was saved")
     finally:
         sweep.bar.close()
         torch.set_num_threads(threads)

@@ -10,7 +10,6 @@ import time
 import pytest
 import torch
 
-import common
 import evaluate
 import runs
 import step
@@ -45,7 +44,7 @@ def wait_for_epoch(path, proc, timeout=120):
 
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_path):
     path = tmp_path / "killed" / "VAE" / VARIANT / "VAE_latent_2.pt"
-    proc = start_cli(mnist_dir, tmp_path / "killed", "--epochs", "200")
+    proc = start_cli(mnist_dir, tmp_path / "killed", "--epochs", "200", "--save-every-s", "0")
     wait_for_epoch(path, proc)
     time.sleep(0.3)  # land somewhere inside a later epoch or save
     proc.kill()
@@ -61,7 +60,7 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_
 
 
 def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path):
-    proc = start_cli(mnist_dir, tmp_path, "--epochs", "200")
+    proc = start_cli(mnist_dir, tmp_path, "--epochs", "200", "--save-every-s", "0")
     path = tmp_path / "VAE" / VARIANT / "VAE_latent_2.pt"
     wait_for_epoch(path, proc)
     proc.send_signal(signal.SIGINT)
@@ -73,6 +72,38 @@ def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path
     before = path.read_bytes()
     small_run(mnist_dir, tmp_path, "--epochs", "1", "--resume")
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=["ctrl-c", "sigterm", "sigusr2"])
+def test_a_stop_saves_every_finished_epoch_and_evaluate_leaves_the_run_out(mnist_dir, tmp_path, stop):
+    """A run that would save only every hour is stopped after a few epochs: the stop writes every
+    finished epoch, --resume continues from there bit for bit, and evaluate sees an unfinished run."""
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", mnist_dir, "--out", str(out),
+                             *SMALL, "--epochs", "500", "--save-every-s", "3600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    announced = 0
+    for line in proc.stdout:  # one line per epoch off a terminal
+        announced = int(line.split(": epoch ")[1].split()[0]) if ": epoch " in line else announced
+        if announced == 3:
+            break
+    path = out / "VAE" / VARIANT / "VAE_latent_2.pt"
+    assert not path.exists(), "nothing saved yet: an hour has not passed"
+    proc.send_signal(stop)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err
+    how = "interrupted" if stop == signal.SIGINT else f"stopped by {signal.Signals(stop).name}"
+    assert err.strip().splitlines()[-1].startswith(f"error: {how}; ") and "--resume" in err
+    saved = load_checkpoint(str(path))[0]
+    assert 3 <= saved["epoch"] < 500 and saved["epochs"] == 500
+    with pytest.raises(UserError, match="no finished runs"):
+        evaluate.main(["--out", str(out), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier"])
+    epochs = str(saved["epoch"] + 2)
+    small_run(mnist_dir, out, "--epochs", epochs, "--resume")
+    straight = torch.load(small_run(mnist_dir, tmp_path / "straight", "--epochs", epochs), weights_only=True)
+    resumed = torch.load(path, weights_only=True)
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+    assert all(resumed["history"][k] == v for k, v in straight["history"].items() if k != "seconds")
 
 
 def test_pickled_code_is_refused_not_run(tmp_path):
@@ -122,6 +153,24 @@ def test_non_finite_loss_stops_with_epoch_and_batch(mnist_dir, tmp_path, monkeyp
     assert path.read_bytes() == good
 
 
+def test_a_non_finite_loss_saves_the_finished_epochs_first(mnist_dir, tmp_path, monkeypatch):
+    """Epochs 1 to 3 finish unsaved (--save-every-s 3600); the loss blows up in epoch 4: the
+    checkpoint then holds epoch 3, as the message says."""
+    calls = {"n": 0}
+    real_loss_terms = step.loss_terms
+
+    def poisoned(*a, **k):  # 4 batches an epoch: the 2nd of the 4th epoch blows up
+        calls["n"] += 1
+        loss, se, kl = real_loss_terms(*a, **k)
+        return (loss * float("nan") if calls["n"] == 3 * 4 + 2 else loss), se, kl
+
+    monkeypatch.setattr(step, "loss_terms", poisoned)
+    with pytest.raises(UserError, match=r"non-finite at epoch 4, batch 2; the last good checkpoint .* epoch 3\) is "):
+        small_run(mnist_dir, tmp_path, "--epochs", "10", "--save-every-s", "3600")
+    ckpt = load_checkpoint(str(tmp_path / "VAE" / VARIANT / "VAE_latent_2.pt"))[0]
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]["val_mse"]) == 3
+
+
 def test_huge_learning_rate_exits_non_zero_without_traceback(mnist_dir, tmp_path):
     proc = start_cli(mnist_dir, tmp_path, "--epochs", "3", "--lr", "1e6")
     _, err = proc.communicate(timeout=120)
@@ -153,4 +202,40 @@ def test_second_writer_of_the_same_run_is_refused(mnist_dir, tmp_path):
             small_run(mnist_dir, tmp_path, "--epochs", "2")
     assert path.read_bytes() == good
     small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")  # free again once released
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+
+def test_the_run_lock_is_exclusive_between_two_trainers(tmp_path):
+    """Two holders of the lock, as two train.py processes would be (flock locks belong to an open
+    file, so one process opening it twice stands for two): the second is refused. A shared lock
+    would let both in."""
+    path = str(tmp_path / "VAE_latent_2.pt")
+    with runs.run_lock(path):
+        with pytest.raises(UserError, match="another process is training"):
+            with runs.run_lock(path):
+                pass
+    with runs.run_lock(path):
+        pass  # released with its holder
+
+
+def test_an_unsaved_epoch_is_kept_as_it_was_when_it_ended(tmp_path, monkeypatch):
+    """Saver keeps an epoch it does not write yet as a copy: the next epoch, already under way when
+    a stop comes, changes the live weights and history, and the file must not show them. An epoch
+    whose write a stop cuts short is written by flush() all the same."""
+    path = tmp_path / "VAE_latent_2.pt"
+    weights, history = torch.zeros(3), {"val_mse": [1.0]}
+    saver = runs.Saver(str(path), every_s=3600)
+    saver.epoch_done({"model": {"w": weights}, "history": history, "epoch": 1})
+    assert not path.exists(), "not due for an hour"
+    weights += 1  # the next epoch's steps, in place
+    history["val_mse"].append(2.0)
+    saver.flush()
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.zeros(3)) and saved["history"]["val_mse"] == [1.0]
+    real_save = runs.save_checkpoint
+    monkeypatch.setattr(runs, "save_checkpoint", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        saver.epoch_done({"model": {"w": weights}, "history": history, "epoch": 2}, last=True)
+    monkeypatch.setattr(runs, "save_checkpoint", real_save)
+    saver.flush()
     assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -92,7 +92,7 @@ def test_evaluate_measures_a_bf16_run_in_float32(mnist_dir, tmp_path):
 
 
 def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # Turing, before bf16 units
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(UserError, match=r"^--precision bf16: Tesla T4 has no native bfloat16; use --precision fp32$"):
         check_precision("bf16", torch.device("cuda"))

@@ -58,22 +58,27 @@ def squeue(job, env):
 
 
 def test_a_preempted_job_is_requeued_and_does_every_epoch_once(cluster, mnist_dir, tmp_path):
-    epochs = 100
-    argv = [*TINY, "--latent", "2", "--epochs", str(epochs), "--data-dir", mnist_dir]
+    """A run that would save only every hour is preempted mid-run: its finished epochs are saved at
+    the signal, the requeued job continues from them, and the result is the uninterrupted run's."""
+    epochs = 300
+    argv = [*TINY, "--latent", "2", "--epochs", str(epochs), "--data-dir", mnist_dir, "--save-every-s", "3600"]
     launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / "slurm"),
                                  *ON_SLURM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster)
     try:
         job = re.match(r"job (\d+):", launcher.stdout.readline()).group(1)
         path = tmp_path / "slurm" / FOLDER / "VAE_latent_2.pt"
+        log = tmp_path / "slurm" / "jobs" / f"{job}_0_log.out"
         deadline = time.time() + 120
-        while not path.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
+        while not (log.exists() and ": epoch 3 of" in log.read_text()) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not path.exists(), "nothing saved before the signal"
         # as SLURM does before a time limit or a preemption when asked with --signal; the job step,
         # not the batch shell (--full), which would die of it
         subprocess.run(["scancel", "--signal=USR2", job], check=True, env=cluster)
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
         at_signal = torch.load(path, weights_only=True)["epoch"]
-        assert 1 <= at_signal < epochs, "the signal came mid-run"
+        assert 3 <= at_signal < epochs, "the signal came mid-run, and the run saved its finished epochs"
         while squeue(job, cluster) != ("PENDING", "BeginTime") and time.time() < deadline:
             time.sleep(0.2)
         assert squeue(job, cluster) == ("PENDING", "BeginTime"), "requeued: SLURM holds it for a while"
@@ -84,7 +89,7 @@ def test_a_preempted_job_is_requeued_and_does_every_epoch_once(cluster, mnist_di
         launcher.kill()
     assert launcher.returncode == 0, err
     assert "all 1 runs finished" in out
-    log = (tmp_path / "slurm" / "jobs" / f"{job}_0_log.out").read_text()
+    log = log.read_text()
     assert "Caught signal SIGUSR2" in log and f"Requeued job {job}" in log
     preempted = torch.load(path, weights_only=True)
     assert preempted["epoch"] == epochs and all(len(v) == epochs for v in preempted["history"].values())

@@ -9,9 +9,11 @@ import torch
 
 import data
 import train
+import metrics
+import step
 from common import UserError
-from runs import load_checkpoint
-from models import ModelConfig, build_model
+from runs import TrainConfig, load_checkpoint
+from models import ModelConfig, build_model, loss_terms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +67,7 @@ def test_resume_with_other_settings_is_another_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
     first = (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes()
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2", "--resume", "--lr", "0.01")
-    other = torch.load(tmp_path / "Autoencoder" / f"hidden_64_batch-size_128_lr_0.01_limit_512" / "Autoencoder_latent_2.pt",
+    other = torch.load(tmp_path / "Autoencoder" / "hidden_64_batch-size_128_lr_0.01_limit_512" / "Autoencoder_latent_2.pt",
                        weights_only=True)
     assert other["epoch"] == 2 and other["train_config"]["lr"] == 0.01  # trained from scratch, not resumed from the first
     assert (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes() == first
@@ -209,7 +211,8 @@ def test_split_seed_1_end_to_end(mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("device, message", [
-    ("cuda:7", "cuda"), ("mps", "--device mps is not supported; use auto, cpu or cuda"),
+    (f"cuda:{torch.cuda.device_count()}", "cuda"),  # one past the machine's last GPU, whatever it has
+    ("mps", "--device mps is not supported; use auto, cpu or cuda"),
     ("meta", "--device meta is not supported"), ("gpu", "unknown device 'gpu'")])
 def test_devices_this_machine_lacks_are_one_line(mnist_dir, tmp_path, device, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -267,3 +270,80 @@ def test_weight_decay_is_the_flags(mnist_dir, tmp_path):
     # one AdamW step: w - lr * decay * w - lr * adam_update; the Adam part is the same for both runs
     difference = ckpts["0"]["model"][name] - ckpts["0.5"]["model"][name]
     torch.testing.assert_close(difference, 1e-3 * 0.5 * start[name], rtol=1e-3, atol=1e-7)
+
+
+def test_an_epoch_visits_every_image_once_in_a_new_random_order():
+    """train_epoch's batches: each image exactly once, shuffled, in another order each epoch, the
+    same order for the same generator seed."""
+    x = torch.arange(10.0)[:, None]
+    seen = []
+    orders = []
+    for seed in (0, 0):
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(2):
+            seen.clear()
+            step.train_epoch(lambda xb: seen.append(xb[:, 0].tolist()) or torch.zeros(3), x, 4, generator)
+            assert [len(b) for b in seen] == [4, 4, 2]
+            orders.append(sum(seen, []))
+    assert all(sorted(order) == list(range(10)) for order in orders)
+    assert orders[0] != list(range(10)) and orders[0] != orders[1], "shuffled, and anew each epoch"
+    assert orders[:2] == orders[2:], "the order is the generator's"
+
+
+def test_the_epochs_loss_is_the_mean_over_all_its_batches(mnist_dir, tmp_path):
+    """With a learning rate so small that no weight moves (1e-30: below float32's resolution of
+    them), every batch's loss is the initial model's on those images, so the logged epoch loss is
+    the initial model's mean over all 512 images, whatever the order; one batch's would differ."""
+    train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--model", "ae", "--latent", "2", "--epochs", "1",
+                "--limit", "512", "--batch-size", "128", "--hidden", "16", "--device", "cpu", "--lr", "1e-30"])
+    (path,) = tmp_path.rglob("*.pt")
+    ckpt = torch.load(path, weights_only=True)
+    x = data.load_splits(mnist_dir, 0, "cpu", limit=512)["train"][0]
+    torch.manual_seed(0)
+    initial = build_model(ModelConfig(model="ae", latent=2, hidden=(16,)))
+    with torch.no_grad():
+        per_image = ((initial(x)[0].double() - x.double()) ** 2).sum(1)
+    assert all(torch.equal(initial.state_dict()[k], v) for k, v in ckpt["model"].items()), "no weight moved"
+    assert ckpt["history"]["train_loss"] == [pytest.approx(per_image.mean().item(), rel=1e-5)]
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(0))  # the order train_epoch draws
+    last_batch = per_image[order[384:]].mean()
+    assert abs(last_batch - per_image.mean()) > 1e-4 * per_image.mean(), "the last batch's loss alone would fail"
+
+
+def test_each_step_follows_its_own_batchs_gradient():
+    """Two steps of step.make_step equal two steps of AdamW written out with fresh gradients each:
+    a step that kept the last batch's gradients (no zero_grad) would add them up."""
+    config, settings = ModelConfig(model="vae", latent=2, hidden=(16,)), TrainConfig()
+    torch.manual_seed(0)
+    ours = build_model(config)
+    reference = build_model(config)
+    reference.load_state_dict(ours.state_dict())
+    batches = torch.rand(2, 32, 784)
+    torch.manual_seed(1)
+    take_step = step.make_step(ours, step.make_optimizer(ours, settings), settings)
+    for xb in batches:
+        take_step(xb)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    torch.manual_seed(1)  # the same draws of z
+    for xb in batches:
+        grads = torch.autograd.grad(loss_terms(xb, *reference(xb))[0], list(reference.parameters()))
+        for p, g in zip(reference.parameters(), grads):
+            p.grad = g
+        optimizer.step()
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_measuring_leaves_the_trainings_random_state_alone():
+    """per_image_errors draws its z from a stream of its own: the global state is the same after
+    it, and its draws depend on its seed alone, not on where training's stream stood."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
+    x = torch.rand(64, 784)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = metrics.per_image_errors(model, x, sample=True, seed=7)[0]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(456)
+    assert torch.equal(metrics.per_image_errors(model, x, sample=True, seed=7)[0], first)
+    assert not torch.equal(metrics.per_image_errors(model, x, sample=True, seed=8)[0], first)

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import time
 import submitit
 from submitit.core.utils import FailedJobError
 
-from common import UserError
+from common import UserError, pick_device
 from data import ensure_mnist
 from runs import checkpoint_path, load_run, planned_runs, run_name
 
@@ -35,22 +36,39 @@ NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "I
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """Runs its train.py command lines one after another. On a time limit or preemption submitit
-    calls checkpoint(), inherited: the same job with the same commands is queued again, and
+    """Runs its train.py command lines one after another, on the GPU it is given (gpu: an entry of
+    CUDA_VISIBLE_DEVICES, or None to leave the environment as it is). On a time limit or preemption
+    submitit calls checkpoint(), inherited: the same job with the same commands is queued again, and
     --resume makes each continue from its last saved epoch."""
 
-    def __call__(self, commands):
+    def __call__(self, commands, gpu=None):
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         failed = 0
         for argv in commands:  # a run's one-line error goes to the job's log, from train.py itself
-            failed += subprocess.run([sys.executable, TRAIN_PY, *argv]).returncode != 0
+            failed += run_to_the_end([sys.executable, TRAIN_PY, *argv], env) != 0
         if failed:  # fails the job, so the scheduler reports it too
             raise RuntimeError(f"{failed} of {len(commands)} runs failed; their errors are above")
 
 
-def job_commands(args, argv, runs, threads=None):
-    """One train.py command line per run: the sweep's own flags, the last word given to the run."""
+def run_to_the_end(argv, env):
+    """A train.py process's exit code. When this job is told to stop (submitit's requeue on SIGUSR2
+    exits by an exception), train.py is asked too and given the time to save its finished epochs,
+    instead of the kill that subprocess.run would send it."""
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)  # ignored where the scheduler's own signal reached it first
+        proc.wait()
+        raise
+
+
+def job_commands(args, argv, runs, threads=None, device=None):
+    """One train.py command line per run: the sweep's own flags, the last word given to the run (and
+    the device, where the job sees other GPUs than the sweep did)."""
     base = [*argv, "--launcher", "none", "--resume", "--out", os.path.abspath(args.out),
             "--data-dir", os.path.abspath(args.data_dir)] + (["--threads", str(threads)] if threads else [])
+    base += ["--device", device] if device else []
     return [base + ["--model", c.model, "--latent", str(c.latent), "--seed", str(t.seed)] for c, t in runs]
 
 
@@ -166,19 +184,43 @@ def wait_for_slurm(array):
         raise UserError(f"stopped waiting; the jobs go on (squeue -j {array} shows them)")
 
 
-def local_jobs(args, argv, runs, folder):
-    """args.jobs processes, each training its share of the runs in turn: with GPUs, one GPU each;
-    on the CPU, each with an equal share of the cores."""
-    n = min(args.jobs, len(runs))
+def local_gpus(device):
+    """The GPUs local jobs may use, as entries of CUDA_VISIBLE_DEVICES: every GPU this process sees
+    for --device auto or cuda, the one asked for by cuda:N, none for cpu. An entry is what this
+    process's own CUDA_VISIBLE_DEVICES names (a number or a UUID), so that a sweep started with
+    CUDA_VISIBLE_DEVICES=2,3 runs on GPUs 2 and 3, not 0 and 1."""
     import torch
-    gpus = torch.cuda.device_count() if args.device != "cpu" else 0
+    index = None
+    if device != "auto":
+        chosen = pick_device(device)  # its one-line error for a device this process lacks
+        if chosen.type == "cpu":
+            return []
+        index = chosen.index
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [e.strip() for e in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+    return entries if index is None else [entries[index]]
+
+
+def local_jobs(args, argv, runs, folder):
+    """args.jobs processes, each training its share of the runs in turn: with GPUs, job i on GPU
+    i mod their number, so that more jobs than GPUs share them (the study's model needs well under
+    1 GB and keeps a large GPU far from busy alone); on the CPU, each with an equal share of the cores."""
+    n = min(args.jobs, len(runs))
+    gpus = local_gpus(args.device)
     threads = None if gpus else (args.threads or max(1, len(os.sched_getaffinity(0)) // n))
+    if gpus and n > len(gpus):
+        print(f"{n} jobs share {len(gpus)} GPU(s): up to {-(-n // len(gpus))} runs at a time on each", flush=True)
     executor = submitit.LocalExecutor(folder=folder)
     jobs, groups = [], []
     for i in range(n):
         group = runs[i::n]
-        executor.update_parameters(timeout_min=args.time_min * len(group), gpus_per_node=1 if gpus else 0,
-                                   visible_gpus=(i % gpus,) if gpus else ())
-        jobs.append(executor.submit(TrainJob(), job_commands(args, argv, group, threads)))
+        # CUDA_VISIBLE_DEVICES is set by TrainJob, not by submitit's visible_gpus, which takes numbers
+        # alone and reads them as positions among all the machine's GPUs
+        executor.update_parameters(timeout_min=args.time_min * len(group), gpus_per_node=0)
+        commands = job_commands(args, argv, group, threads, device="cuda" if gpus else None)  # its one GPU: cuda:0
+        jobs.append(executor.submit(TrainJob(), commands, gpus[i % len(gpus)] if gpus else None))
         groups.append(group)
     return jobs, groups

@@ -94,7 +94,8 @@ def test_slurm_missing_is_one_line_before_anything_is_fetched(tmp_path):
 def test_killed_job_resumes_from_its_last_epoch(mnist_dir, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, os.path.join(ROOT, "train.py"), *TINY[:2], "--latent", "2", *TINY[5:],
-               "--data-dir", mnist_dir, "--out", str(out), "--epochs", "300", "--launcher", "local", "--jobs", "1"]
+               "--data-dir", mnist_dir, "--out", str(out), "--epochs", "300", "--launcher", "local", "--jobs", "1",
+               "--save-every-s", "0.2"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     path = out / "VAE" / VARIANT / "VAE_latent_2.pt"
     deadline = time.time() + 120

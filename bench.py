@@ -10,7 +10,8 @@ Prints, per precision, seconds per epoch (median of --repeats after a warm-up ep
     permutation), training and then validation as train.py does it (always in float32),
   - the roofline: the training epoch's matrix-multiply FLOPs (forward, weight gradients, input
     gradients) divided by the throughput this machine sustains on exactly those matmul shapes in that
-    precision (each timed on its own, median of at least 20 calls),
+    precision (each shape timed over back-to-back calls, so that a GPU's launch latency is not
+    counted as work), with float32 as train.py runs it (TF32 on CUDA),
 and, in float32, a reference loop as in the study (torchvision MNIST with ToTensor, DataLoader,
 shuffle); then the CPU's bf16 units (or the GPU) and the peak memory, all written to --json.
 --nll-checkpoint instead measures metrics.log_px in fp32 and in bf16 on the first --nll-images test
@@ -31,7 +32,7 @@ from common import (ArgumentParser, UserError, add_place_flags, atomic_write, ch
                     pick_device, run_cli)
 from data import ensure_mnist, load_splits, split_indices
 from metrics import log_px, per_image_errors
-from models import PRECISIONS, ModelConfig, build_model
+from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
 from runs import TrainConfig, defines_likelihood, load_run
 from step import make_optimizer, make_step, train_epoch
 
@@ -40,21 +41,46 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def sync(device):
+    """Wait for the device's queued work: a GPU returns from a call before its kernels have run."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn, device):
+    """Wall time of fn(), the device's work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
 
 
 def median_seconds(fn, repeats, device):
     """Median wall time of fn() over `repeats` calls, after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = [seconds(fn, device) for _ in range(repeats)]
     return statistics.median(times), times
+
+
+def back_to_back_seconds(fn, device, calls, blocks):
+    """Seconds of one fn() when `calls` of them run back to back: the median over `blocks` such runs,
+    after a warm-up. On a GPU they are timed by CUDA events on its stream, so that a short kernel
+    is measured as the GPU runs it in a step, queued behind others, not as a launch and a sync."""
+    fn()
+    times = []
+    for _ in range(blocks):
+        if device.type == "cuda":
+            start, end, stream = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                                  torch.cuda.current_stream(device))
+            start.record(stream)
+            for _ in range(calls):
+                fn()
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000 / calls)
+        else:
+            times.append(seconds(lambda: [fn() for _ in range(calls)], device) / calls)
+    return statistics.median(times)
 
 
 def cpu_name():
@@ -91,21 +117,23 @@ def matmul_flops(shapes, batch):
 
 def roofline(model, n_images, batch, repeats, device, precision="fp32"):
     """Seconds of pure matmul work in one training epoch: each distinct matmul of a step (same shape,
-    same memory layout as autograd's, in `precision`) timed on its own, its median summed over the epoch."""
+    same memory layout as autograd's, in `precision`) timed back to back, summed over the epoch."""
     shapes, dtype = linear_shapes(model), DTYPES[precision]
     sizes = [batch] * (n_images // batch) + ([n_images % batch] if n_images % batch else [])
     total_flops = sum(matmul_flops(shapes, b) for b in sizes)
+    # on a GPU a short GEMM is timed over 100 back-to-back calls; on the CPU one call is long enough
+    calls, blocks = (100, 5) if device.type == "cuda" else (1, max(repeats, 20))
     step_seconds = {}
     for b in set(sizes):
-        seconds = 0.0
+        total = 0.0
         for i, (n_in, n_out) in enumerate(shapes):
             x, w, gy = (torch.randn(b, n_in, device=device, dtype=dtype), torch.randn(n_out, n_in, device=device, dtype=dtype),
                         torch.randn(b, n_out, device=device, dtype=dtype))
             ops = [(x, w.t()), (gy.t(), x)] + ([(gy, w)] if i else [])  # y = x W^T; dW = gy^T x; dx = gy W
             for a, c in ops:
                 out = torch.empty(a.shape[0], c.shape[1], device=device, dtype=dtype)
-                seconds += median_seconds(lambda: torch.mm(a, c, out=out), max(repeats, 20), device)[0]
-        step_seconds[b] = seconds
+                total += back_to_back_seconds(lambda: torch.mm(a, c, out=out), device, calls, blocks)
+        step_seconds[b] = total
     return sum(step_seconds[b] for b in sizes), total_flops
 
 
@@ -123,12 +151,9 @@ def loop_epoch(config, train, train_x, val_x, compile):
     times = {"train": [], "val": []}
 
     def epoch():
-        start = time.perf_counter()
-        train_epoch(step, train_x, train.batch_size, generator).cpu()
-        middle = time.perf_counter()
-        per_image_errors(model, val_x, sample=True)[0].cpu()
-        times["train"].append(middle - start)
-        times["val"].append(time.perf_counter() - middle)
+        device = train_x.device
+        times["train"].append(seconds(lambda: train_epoch(step, train_x, train.batch_size, generator).cpu(), device))
+        times["val"].append(seconds(lambda: per_image_errors(model, val_x, sample=True)[0].cpu(), device))
 
     return model, epoch, times
 
@@ -146,15 +171,26 @@ def profile_steps(config, train, train_x, steps=20):
         for x in batches:
             step(x)
         sync(train_x.device)
-    ops = prof.key_averages()
-    total = sum(op.self_device_time_total if train_x.device.type == "cuda" else op.self_cpu_time_total for op in ops)
-    share = {op.key: (op.self_device_time_total if train_x.device.type == "cuda" else op.self_cpu_time_total) / total
-             for op in ops}
-    matmuls = sum(v for k, v in share.items() if k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"))
-    top = sorted(share.items(), key=lambda kv: -kv[1])[:8]
+    matmuls, top = time_shares(prof.key_averages(), train_x.device.type == "cuda")
     print(f"{train.precision} profile of {len(batches)} steps: matmuls {matmuls:.0%} of the time; "
-          + ", ".join(f"{k} {v:.0%}" for k, v in top))
-    return {"matmul_share": matmuls, "top_ops": dict(top)}
+          + ", ".join(f"{k} {v:.0%}" for k, v in top.items()))
+    return {"matmul_share": matmuls, "top_ops": top}
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear")
+
+
+def time_shares(events, on_gpu):
+    """The matmuls' share of a profile's time, and its eight largest ops with theirs. Only the
+    operators count (events the CPU ran): on a GPU each also has its kernels as events of their own,
+    with the same device time, which would count it twice. An op's self device time is that of the
+    kernels it launched itself, so the matmul ops' own hold the GEMM kernels."""
+    ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    own = {e.key: e.self_device_time_total if on_gpu else e.self_cpu_time_total for e in ops}
+    total = sum(own.values())
+    share = {k: v / total for k, v in own.items()}
+    top = sorted(share.items(), key=lambda kv: -kv[1])[:8]
+    return sum(v for k, v in share.items() if k in MATMUL_OPS), dict(top)
 
 
 def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed):
@@ -183,21 +219,24 @@ def time_epochs(args, device):
           f"batch {args.batch_size}, {len(train_x)} images/epoch, {device} ({cpu_name()}), "
           f"{torch.get_num_threads()} threads; bf16 hardware: {result['bf16_hardware']}")
     for precision in args.precision:
-        check_precision(precision, device)
         train = TrainConfig(batch_size=args.batch_size, precision=precision)
         model, epoch, times = loop_epoch(config, train, train_x, val_x, args.compile)
-        seconds, runs = median_seconds(epoch, args.repeats, device)
+        epoch_s, runs = median_seconds(epoch, args.repeats, device)
         trained, validated = statistics.median(times["train"][1:]), statistics.median(times["val"][1:])
         roof, flops = roofline(model, len(train_x), args.batch_size, args.repeats, device, precision)
         if args.profile:
             result[f"{precision}_profile"] = profile_steps(config, train, train_x)
-        result[precision] = {"epoch_seconds": seconds, "epoch_seconds_all": runs, "train_seconds": trained,
+        result[precision] = {"epoch_seconds": epoch_s, "epoch_seconds_all": runs, "train_seconds": trained,
                              "val_seconds": validated, "matmul_gflop_per_epoch": flops / 1e9,
                              "matmul_gflops": flops / roof / 1e9, "roofline_seconds": roof,
                              "fraction_of_roofline": roof / trained}
-        print(f"{precision}: epoch {seconds:6.2f} s (training {trained:.2f} s + validation {validated:.2f} s; "
+        print(f"{precision}: epoch {epoch_s:6.2f} s (training {trained:.2f} s + validation {validated:.2f} s; "
               f"runs {', '.join(f'{t:.2f}' for t in runs)}); training's matmul roofline {roof:.2f} s "
               f"({flops / 1e9:.0f} GFLOP at {flops / roof / 1e9:.0f} GFLOP/s): {roof / trained:.1%} of it")
+        if device.type == "cuda" and roof < trained / 2:  # what a step of small matmuls is limited by on a GPU
+            print(f"  the step is launch-bound: its matmuls keep the GPU busy {roof / trained:.0%} of the time; the "
+                  f"rest is the host queuing kernels ({trained / (len(train_x) / args.batch_size) * 1e6:.0f} us "
+                  f"per step); several runs can share the GPU (train.py --launcher local --jobs N)")
     if "fp32" in result and "bf16" in result:
         result["bf16_speedup"] = result["fp32"]["epoch_seconds"] / result["bf16"]["epoch_seconds"]
         print(f"bf16 against fp32: {result['bf16_speedup']:.2f}x per epoch")
@@ -219,23 +258,23 @@ def nll_precision(args, device):
     if not defines_likelihood(run.config, run.train):
         raise UserError(f"{args.nll_checkpoint} has no likelihood to estimate: it needs --recon bce --binarize")
     x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False, binarize=True)["test"][0][:args.nll_images]
-    nll, seconds = {}, {}
+    nll, took = {}, {}
     for precision in ("fp32", "bf16"):
-        start = time.perf_counter()
-        nll[precision] = -log_px(run.model, x, args.nll_samples, seed=0, precision=precision).double()
-        seconds[precision] = time.perf_counter() - start
+        def estimate():
+            nll[precision] = -log_px(run.model, x, args.nll_samples, seed=0, precision=precision).double()
+        took[precision] = seconds(estimate, device)
         print(f"{precision}: mean test NLL {nll[precision].mean():.4f} nats over {len(x)} images, k = "
-              f"{args.nll_samples}, in {seconds[precision]:.0f} s")
+              f"{args.nll_samples}, in {took[precision]:.0f} s")
     difference = nll["bf16"] - nll["fp32"]
     result = {"checkpoint": args.nll_checkpoint, "images": len(x), "k": args.nll_samples, "device": str(device),
               "cpu": cpu_name(), "bf16_hardware": bf16_hardware(device), "threads": torch.get_num_threads(),
               "nll_fp32": nll["fp32"].mean().item(), "nll_bf16": nll["bf16"].mean().item(),
               "difference_mean": difference.mean().item(), "difference_std": difference.std().item(),
-              "difference_max_abs": difference.abs().max().item(), "seconds_fp32": seconds["fp32"],
-              "seconds_bf16": seconds["bf16"]}
+              "difference_max_abs": difference.abs().max().item(), "seconds_fp32": took["fp32"],
+              "seconds_bf16": took["bf16"]}
     print(f"bf16 minus fp32, per image: mean {result['difference_mean']:+.4f} nats, standard deviation "
           f"{result['difference_std']:.4f}, largest {result['difference_max_abs']:.4f}; "
-          f"bf16 took {seconds['bf16'] / seconds['fp32']:.2f}x fp32's time")
+          f"bf16 took {took['bf16'] / took['fp32']:.2f}x fp32's time")
     return result
 
 
@@ -267,10 +306,16 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device = pick_device(args.device)
-    result = nll_precision(args, device) if args.nll_checkpoint else time_epochs(args, device)
+    for precision in ("fp32", "bf16") if args.nll_checkpoint else args.precision:
+        check_precision(precision, device)  # before anything is timed, not after the first precision's timing
+    if args.nll_checkpoint:
+        result = nll_precision(args, device)
+    else:
+        with cuda_tf32(True):  # float32 as train.py trains it: TF32 on CUDA
+            result = time_epochs(args, device)
     result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     if device.type == "cuda":
-        result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(f"peak memory: {result['peak_memory_mib']:.0f} MiB (process RSS)")
     payload = json.dumps(result, indent=1)
     atomic_write(args.json, lambda f: f.write(payload), mode="w")

@@ -15,12 +15,14 @@ import os
 import sys
 from dataclasses import asdict
 
+import torch
+
 from classifier import accuracy, features, frechet_distance, load_or_train
 from common import (ArgumentParser, UserError, add_place_flags, atomic_write, check_precision, check_seeds, pick_device,
                     progress, run_cli)
 from data import load_splits
 from metrics import active_units, dead_units, encode_means, finite_or_none, generate, log_px, measure, reconstruct
-from models import MODEL_NAMES, PRECISIONS
+from models import MODEL_NAMES, PRECISIONS, cuda_tf32
 from plots import plot_results
 from results import N_GENERATED, TOLERANCE, report, selections, summarize
 from runs import defines_likelihood, load_runs, run_name, variant_label
@@ -93,6 +95,21 @@ def cached(run, key, compute):
     return entry
 
 
+def measurement_key(run, args, device, classifier_sha):
+    """What a cached measurement of a run depends on besides its code (MEASURES_VERSION): the
+    checkpoint, the seed, the NLL's settings, the classifier and the device, whose random streams
+    differ (a GPU draws other z than the CPU from the same seed). Settings at their first value
+    (float32 NLL, the CPU) are left out, so that keys written before they existed still match."""
+    likelihood = defines_likelihood(run.config, run.train)
+    key = {"measures": MEASURES_VERSION, "checkpoint_sha256": sha256(run.path), "seed": args.seed,
+           "nll_samples": args.nll_samples if likelihood else None, "classifier_sha256": classifier_sha}
+    if likelihood and args.nll_samples and args.nll_precision != "fp32":
+        key["nll_precision"] = args.nll_precision
+    if device.type != "cpu":
+        key["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return key
+
+
 def get_args(argv=None):
     p = ArgumentParser(__doc__)
     add_place_flags(p, "where results.json, results.md and the plots of the numbers go", checkpoints=True)
@@ -141,11 +158,7 @@ def measure_all(args):
     classifier_sha = sha256(classifier_info["checkpoint"]) if classifier_info else None
     entries = []
     for i, run in enumerate(runs):
-        likelihood = defines_likelihood(run.config, run.train)
-        key = {"measures": MEASURES_VERSION, "checkpoint_sha256": sha256(run.path), "seed": args.seed,
-               "nll_samples": args.nll_samples if likelihood else None, "classifier_sha256": classifier_sha}
-        if likelihood and args.nll_samples and args.nll_precision != "fp32":  # absent for fp32: earlier keys still match
-            key["nll_precision"] = args.nll_precision
+        key = measurement_key(run, args, device, classifier_sha)
 
         def compute():
             print(f"measuring {i + 1} of {len(runs)}: {run_name(run.config, run.train, seed=True)}", file=sys.stderr)
@@ -166,7 +179,8 @@ def main(argv=None):
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--report-only needs a readable {path} ({getattr(e, 'strerror', None) or e})")
     else:
-        (entries, classifier_info), seed = measure_all(args), args.seed
+        with cuda_tf32(False):  # measured in float32, as the docs say, even on a GPU and after training
+            (entries, classifier_info), seed = measure_all(args), args.seed
     summary = summarize(entries)
     rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "
             f"size whose validation MSE is within {TOLERANCE:.0%} of that lowest")

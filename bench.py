@@ -65,13 +65,17 @@ def median_seconds(fn, repeats, device):
 def back_to_back_seconds(fn, device, calls, blocks):
     """Seconds of one fn() when `calls` of them run back to back: the median over `blocks` such runs,
     after a warm-up. On a GPU they are timed by CUDA events on its stream, so that a short kernel
-    is measured as the GPU runs it in a step, queued behind others, not as a launch and a sync."""
+    is measured as the GPU runs it in a step, queued behind others, not as a launch and a sync; the
+    GPU first spins for about 10 us per call while the host queues them, so that no gap between
+    two launches is counted either."""
     fn()
     times = []
     for _ in range(blocks):
         if device.type == "cuda":
             start, end, stream = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
                                   torch.cuda.current_stream(device))
+            with torch.cuda.device(device):
+                torch.cuda._sleep(20_000 * calls)  # clock cycles, ~2 GHz
             start.record(stream)
             for _ in range(calls):
                 fn()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -26,6 +27,16 @@ def mnist_dir():
     path = os.path.join(ROOT, "data")
     data.ensure_mnist(path)
     return path
+
+
+# every device PyTorch sees here: the CPU, and CUDA where there is a GPU, so that pytest on a GPU
+# machine runs the same pipeline tests on it
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
 
 
 def free_port():

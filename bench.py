@@ -6,7 +6,7 @@ the matmul roofline; and what bf16 does to the test NLL estimate.
     python bench.py --nll-checkpoint output/likelihood/VAE/recon_bce_batch-size_128_binarize/VAE_latent_50.pt
 
 Prints, per precision, seconds per epoch (median of --repeats after a warm-up epoch) of
-  - this repository's loop (step.py: the split as one device tensor, slices of a random
+  - this repository's loop (vaestudy/step.py: the split as one device tensor, slices of a random
     permutation), training and then validation as train.py does it (always in float32),
   - the roofline: the training epoch's matrix-multiply FLOPs (forward, weight gradients, input
     gradients) divided by the throughput this machine sustains on exactly those matmul shapes in that
@@ -28,13 +28,15 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from common import (ArgumentParser, UserError, add_place_flags, atomic_write, check_precision, flush_subnormals,
-                    pick_device, run_cli)
-from data import ensure_mnist, load_splits, split_indices
-from metrics import log_px, per_image_errors
 from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
-from runs import TrainConfig, defines_likelihood, load_run
-from step import make_optimizer, make_step, train_epoch
+from vaestudy.checkpoints import load_run
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, run_cli
+from vaestudy.data import ensure_mnist, load_splits, split_indices
+from vaestudy.device import check_precision, flush_subnormals, pick_device
+from vaestudy.files import atomic_write
+from vaestudy.metrics import log_px, per_image_errors
+from vaestudy.runs import TrainConfig, defines_likelihood
+from vaestudy.step import make_optimizer, make_step, train_epoch
 
 flush_subnormals()  # as train.py does
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -131,7 +133,8 @@ def roofline(model, n_images, batch, repeats, device, precision="fp32"):
     for b in set(sizes):
         total = 0.0
         for i, (n_in, n_out) in enumerate(shapes):
-            x, w, gy = (torch.randn(b, n_in, device=device, dtype=dtype), torch.randn(n_out, n_in, device=device, dtype=dtype),
+            x, w, gy = (torch.randn(b, n_in, device=device, dtype=dtype), torch.randn(n_out, n_in, device=device,
+                                                                                      dtype=dtype),
                         torch.randn(b, n_out, device=device, dtype=dtype))
             ops = [(x, w.t()), (gy.t(), x)] + ([(gy, w)] if i else [])  # y = x W^T; dW = gy^T x; dx = gy W
             for a, c in ops:
@@ -141,16 +144,16 @@ def roofline(model, n_images, batch, repeats, device, precision="fp32"):
     return sum(step_seconds[b] for b in sizes), total_flops
 
 
-def fresh_step(config, train, device, compile=False):
+def fresh_step(config, train, device, compiled=False):
     """A new model, seeded as every timing here starts, and its training step."""
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
-    return model, make_step(model, make_optimizer(model, train), train, compile)
+    return model, make_step(model, make_optimizer(model, train), train, compiled)
 
 
-def loop_epoch(config, train, train_x, val_x, compile):
+def loop_epoch(config, train, train_x, val_x, compiled):
     """A fresh model and train.py's epoch: training in train.precision, then float32 validation."""
-    model, step = fresh_step(config, train, train_x.device, compile)
+    model, step = fresh_step(config, train, train_x.device, compiled)
     generator = torch.Generator().manual_seed(0)
     times = {"train": [], "val": []}
 
@@ -261,7 +264,8 @@ def nll_precision(args, device):
     run = load_run(args.nll_checkpoint, device)
     if not defines_likelihood(run.config, run.train):
         raise UserError(f"{args.nll_checkpoint} has no likelihood to estimate: it needs --recon bce --binarize")
-    x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False, binarize=True)["test"][0][:args.nll_images]
+    x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False,
+                    binarize=True)["test"][0][:args.nll_images]
     nll, took = {}, {}
     for precision in ("fp32", "bf16"):
         def estimate():
@@ -290,7 +294,8 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1024, help="images per step (default: 1024)")
     p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                    help="precisions to time (default: fp32 bf16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed epochs per measurement, after one warm-up (default: 3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed epochs per measurement, after one warm-up (default: 3)")
     p.add_argument("--skip-dataloader", action="store_true", help="do not time the DataLoader loop (default: time it)")
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile (default: off)")
     p.add_argument("--profile", action="store_true",
@@ -298,9 +303,11 @@ def get_args(argv=None):
     p.add_argument("--nll-checkpoint", default=None,
                    help="measure log p(x) of this checkpoint in fp32 and bf16 instead of timing epochs (default: none)")
     p.add_argument("--nll-images", type=int, default=1000, help="--nll-checkpoint: test images (default: 1000)")
-    p.add_argument("--nll-samples", type=int, default=5000, help="--nll-checkpoint: importance samples k (default: 5000)")
+    p.add_argument("--nll-samples", type=int, default=5000,
+                   help="--nll-checkpoint: importance samples k (default: 5000)")
     add_place_flags(p)
-    p.add_argument("--json", default="output/bench.json", help="where to write the figures (default: output/bench.json)")
+    p.add_argument("--json", default="output/bench.json",
+                   help="where to write the figures (default: output/bench.json)")
     args = p.parse_args(argv)
     if min(args.repeats, args.batch_size, args.latent, *args.hidden, args.nll_images, args.nll_samples) < 1:
         p.error("--repeats, --batch-size, --latent, --hidden, --nll-images and --nll-samples must be at least 1")

@@ -1,6 +1,6 @@
 """Measure every checkpoint on the validation split and the official test set, and pick a latent size.
 
-    python evaluate.py                        # writes output/results.json, output/results.md and the plots of the numbers
+    python evaluate.py      # writes output/results.json, output/results.md and the plots of the numbers
     python evaluate.py --out results/study --report-only   # re-render results.md and the plots from results.json alone
 
 Per model, variant and latent size (mean and spread over the seeds found): per-pixel MSE overall and
@@ -17,15 +17,26 @@ from dataclasses import asdict
 
 import torch
 
-from classifier import accuracy, features, frechet_distance, load_or_train
-from common import (ArgumentParser, UserError, add_place_flags, atomic_write, check_precision, check_seeds, pick_device,
-                    progress, run_cli)
-from data import load_splits
-from metrics import active_units, dead_units, encode_means, finite_or_none, generate, log_px, measure, reconstruct
 from models import MODEL_NAMES, PRECISIONS, cuda_tf32
-from plots import plot_results
-from results import N_GENERATED, TOLERANCE, report, selections, summarize
-from runs import defines_likelihood, load_runs, run_name, variant_label
+from vaestudy.checkpoints import load_runs
+from vaestudy.classifier import accuracy, features, frechet_distance, load_or_train
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, progress, run_cli
+from vaestudy.data import load_splits
+from vaestudy.device import check_precision, pick_device
+from vaestudy.files import atomic_write
+from vaestudy.metrics import (
+    active_units,
+    dead_units,
+    encode_means,
+    finite_or_none,
+    generate,
+    log_px,
+    measure,
+    reconstruct,
+)
+from vaestudy.plots import plot_results
+from vaestudy.report import N_GENERATED, TOLERANCE, report, selections, summarize
+from vaestudy.runs import defines_likelihood, run_name, variant_label
 
 
 def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp32"):
@@ -45,7 +56,8 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
         bounds = {}
         for k in (nll_samples, 1):  # 1: the ELBO, for how much the k samples tighten the bound
             with progress(total=len(test_x), desc=f"log p(x), k = {k}", unit="image", leave=False) as bar:
-                bounds[k] = finite_or_none(log_px(model, test_x, k, seed=seed, progress=bar, precision=nll_precision).mean())
+                bounds[k] = finite_or_none(log_px(model, test_x, k, seed=seed, progress=bar,
+                                                  precision=nll_precision).mean())
         entry["test_nll"] = None if bounds[nll_samples] is None else -bounds[nll_samples]
         entry["test_elbo"], entry["nll_samples"] = bounds[1], nll_samples
         if nll_precision != "fp32":  # said only where it is not the default, so older entries read the same
@@ -142,7 +154,8 @@ def measure_all(args):
 
     def splits(split_seed, binarize=False):  # the images runs are measured on, each set loaded once
         if (split_seed, binarize) not in loaded:
-            loaded[split_seed, binarize] = load_splits(args.data_dir, split_seed, device, fetch=False, binarize=binarize)
+            loaded[split_seed, binarize] = load_splits(args.data_dir, split_seed, device, fetch=False,
+                                                       binarize=binarize)
         return loaded[split_seed, binarize]
 
     judge, classifier_info = None, None
@@ -162,7 +175,8 @@ def measure_all(args):
 
         def compute():
             print(f"measuring {i + 1} of {len(runs)}: {run_name(run.config, run.train, seed=True)}", file=sys.stderr)
-            return measure_run(run, splits(run.train.split_seed, run.train.binarize), args.seed, judge, args.nll_samples,
+            return measure_run(run, splits(run.train.split_seed, run.train.binarize), args.seed, judge,
+                               args.nll_samples,
                                args.nll_precision)
         entries.append({"checkpoint": run.path, **cached(run, key, compute)})
     return entries, classifier_info
@@ -193,7 +207,8 @@ def main(argv=None):
     floor = classifier_info and classifier_info["frechet_floor_val_vs_test"]
     figures = plot_results(summary, floor, args.out)
     print(text)
-    print(f"wrote {path}, {os.path.join(args.out, 'results.md')} and {len(figures)} plots of the numbers under {args.out}")
+    print(f"wrote {path}, {os.path.join(args.out, 'results.md')} and {len(figures)} plots of the numbers "
+          f"under {args.out}")
 
 
 if __name__ == "__main__":

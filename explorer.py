@@ -1,4 +1,4 @@
-"""The latent explorer page (explorer_page.py fills it, visualize.py writes it) in headless Chromium,
+"""The latent explorer page (vaestudy/explorer_page.py fills it, visualize.py writes it) in headless Chromium,
 driven through selenium:
 
     python explorer.py     # output/explorer.png: the page with a digit drawn on it, and its decode time
@@ -7,7 +7,8 @@ Needs Debian's chromium and chromium-driver (the tests of the page use the same 
 """
 import os
 
-from common import ArgumentParser, UserError, atomic_write, run_cli
+from vaestudy.cli import ArgumentParser, UserError, run_cli
+from vaestudy.files import atomic_write
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -22,7 +23,8 @@ def open_browser(width=1400, height=1500):
         raise UserError("selenium is not installed: pip install -r requirements.txt")
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not os.path.exists(binary):
-            raise UserError(f"no {binary}: install Chromium and its driver (Debian: apt-get install chromium chromium-driver)")
+            raise UserError(f"no {binary}: install Chromium and its driver "
+                            "(Debian: apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -63,9 +65,9 @@ THREE = [(70, 60), (120, 40), (180, 50), (200, 90), (170, 130), (130, 140), (175
 def screenshot(page, png):
     """The page with a digit drawn and the pointer on the first plane, as a PNG; returns the
     milliseconds the page takes to decode one image (mean of 200, on a latent-2 model)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.common.exceptions import WebDriverException
     driver = open_browser()
     try:
         load_page(driver, page)
@@ -73,7 +75,8 @@ def screenshot(page, png):
         plane = driver.find_elements(By.CSS_SELECTOR, "canvas.plane")[0]
         ActionChains(driver).move_to_element_with_offset(plane, 40, -60).perform()
         ms = driver.execute_script("const t = performance.now(); for (let i = 0; i < 200; i++) "
-                                   "explorer.decode(explorer.models[0], [i / 100 - 1, 0.5]); return (performance.now() - t) / 200")
+                                   "explorer.decode(explorer.models[0], [i / 100 - 1, 0.5]); "
+                                   "return (performance.now() - t) / 200")
         for _ in range(2):  # the page reflows at the new size: measure again
             driver.set_window_size(1400, driver.execute_script("return document.documentElement.scrollHeight") + 140)
         data = driver.get_screenshot_as_png()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
 
 
-@dataclass(frozen=True)  # frozen: part of a run's identity (runs.py), so hashable and never changed
+@dataclass(frozen=True)  # frozen: part of a run's identity (vaestudy/runs.py), so hashable and never changed
 class ModelConfig:
     model: str = "vae"  # "ae" or "vae"
     latent: int = 20

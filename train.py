@@ -1,4 +1,4 @@
-"""Train the study's Autoencoder and VAE on MNIST: one checkpoint per run (runs.py says what a run is).
+"""Train the study's Autoencoder and VAE on MNIST: one checkpoint per run (vaestudy/runs.py says what a run is).
 
     python train.py                          # the whole study: both models, latent 2 5 10 20 50 100
     python train.py --model vae --latent 20  # one run
@@ -14,14 +14,14 @@ import time
 
 import torch
 
-from common import (ArgumentParser, UserError, add_place_flags, check_precision, check_seeds, flush_subnormals,
-                    on_terminal, pick_device, progress, run_cli)
-from data import load_splits
-from metrics import per_image_errors
 from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
-from runs import (STUDY_EPOCHS, Saver, TrainConfig, checkpoint, checkpoint_path, load_run, planned_runs,
-                  restore_rng_state, rng_state, run_lock, run_name)
-from step import make_optimizer, make_step, train_epoch
+from vaestudy.checkpoints import Saver, checkpoint, load_run, restore_rng_state, rng_state, run_lock
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, on_terminal, progress, run_cli
+from vaestudy.data import load_splits
+from vaestudy.device import check_precision, flush_subnormals, pick_device
+from vaestudy.metrics import per_image_errors
+from vaestudy.runs import STUDY_EPOCHS, TrainConfig, checkpoint_path, planned_runs, run_name
+from vaestudy.step import make_optimizer, make_step, train_epoch
 
 flush_subnormals()  # on import, before PyTorch starts its threads
 
@@ -41,19 +41,22 @@ def add_sweep_flags(p):
                    help="latent sizes to sweep (default: 2 5 10 20 50 100, the study's)")
     p.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
                    help="seeds of initialisation, batch order and sampling; several give error bars (default: 0)")
-    p.add_argument("--epochs", type=int, default=STUDY_EPOCHS, help="epochs per run (default: %(default)s, the study's)")
+    p.add_argument("--epochs", type=int, default=STUDY_EPOCHS,
+                   help="epochs per run (default: %(default)s, the study's)")
     p.add_argument("--resume", action="store_true",
                    help="continue each run from its checkpoint; finished runs are skipped (default: off)")
 
 
 def add_identity_flags(p):
     """What decides what a run learns: any value but the default (the study's) makes a variant of
-    the study, a run with files of its own (runs.py)."""
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per step (default: %(default)s)")
+    the study, a run with files of its own (vaestudy/runs.py)."""
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                   help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
                    help="AdamW weight decay (default: %(default)s, PyTorch's)")
-    p.add_argument("--beta", type=float, default=TrainConfig.beta, help="weight of the KL term, VAE only (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=TrainConfig.beta,
+                   help="weight of the KL term, VAE only (default: %(default)s)")
     p.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
                    help="reconstruction loss summed over pixels: mse or bce (default: %(default)s, the study's)")
     p.add_argument("--binarize", action="store_true",
@@ -77,7 +80,7 @@ def add_identity_flags(p):
 
 
 def add_machine_flags(p):
-    """Where and how the runs go: this machine's threads, or jobs through submitit (launch.py)."""
+    """Where and how the runs go: this machine's threads, or jobs through submitit (vaestudy/launch.py)."""
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     p.add_argument("--save-every-s", type=float, default=30,
                    help="save a run's checkpoint at most every this many seconds; its last epoch, Ctrl-C, SIGTERM "
@@ -193,7 +196,8 @@ class Sweep:
         self.bar.update(1)
         if not on_terminal():
             left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
-            print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, about {left / 60:.0f} min left",
+            print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, "
+                  f"about {left / 60:.0f} min left",
                   flush=True)
 
 
@@ -271,7 +275,7 @@ def main(argv=None):
     args = get_args(argv)
     if args.launcher != "none":
         try:
-            from launch import launch  # only here: submitit is needed for launching alone
+            from vaestudy.launch import launch  # only here: submitit is needed for launching alone
         except ImportError as e:
             raise UserError(f"--launcher {args.launcher} needs {e.name or 'submitit'}: pip install -r requirements.txt")
         return launch(args, sys.argv[1:] if argv is None else argv)

@@ -2,7 +2,7 @@
 
     python visualize.py   # loss curves, reconstructions and decoded samples for every model
 
-A variant of the study (runs.py) gets the same figures in its own folder, e.g. output/VAE/beta_0.5/.
+A variant of the study (vaestudy/runs.py) gets the same figures in its own folder, e.g. output/VAE/beta_0.5/.
 """
 import glob
 import json
@@ -10,19 +10,23 @@ import os
 import sys
 
 import matplotlib
+
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import make_grid
 
-import explorer_page
-from common import ArgumentParser, UserError, add_place_flags, check_seeds, pick_device, run_cli, save_figure
-from data import load_splits
-from metrics import encode_means, generate, latent_prior, measure, reconstruct
 from models import MODEL_NAMES
-from plots import integer_axis, plain_log_axis
-from results import mean_std, select_latent
-from runs import group_label, load_runs, variant_folder, variant_label
+from vaestudy import explorer_page
+from vaestudy.checkpoints import load_runs
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, run_cli
+from vaestudy.data import load_splits
+from vaestudy.device import pick_device
+from vaestudy.files import save_figure
+from vaestudy.metrics import encode_means, generate, latent_prior, measure, reconstruct
+from vaestudy.plots import integer_axis, plain_log_axis
+from vaestudy.report import mean_std, select_latent
+from vaestudy.runs import group_label, variant_folder, variant_label
 
 DPI = 100
 GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE points
@@ -113,7 +117,8 @@ def plot_comparison(name, runs, x, path):
     labels = ["original"] + [f"latent {run.config.latent}" for run in runs]
     fig, ax = plt.subplots(figsize=(10, grid_height(len(rows), len(x), 8.6)), dpi=DPI, layout="constrained")
     show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
-              title=f"{name}: test digits and their reconstructions" + (" (z = mu)" if runs[0].config.model == "vae" else ""))
+              title=f"{name}: test digits and their reconstructions"
+              + (" (z = mu)" if runs[0].config.model == "vae" else ""))
     save_figure(fig, path)
     plt.close(fig)
 
@@ -139,7 +144,8 @@ def plot_decoding_grid(name, manifold_model, sample_model, train_x, seed, path):
         # rows run from high to low second coordinate, so the picture reads like a plot
         grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2).to(mean.device)
         images = decode(manifold_model, mean + grid @ scale.T)
-        show_grid(axes.pop(0), images, nrow=GRID_SIDE, title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles")
+        show_grid(axes.pop(0), images, nrow=GRID_SIDE,
+                  title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles")
     if sample_model is not None:
         images = generate(sample_model, train_x, 100, seed)
         show_grid(axes.pop(0), images, nrow=10, title=f"latent {sample_model.config.latent}: 100 random samples")
@@ -273,7 +279,8 @@ def main(argv=None):
         groups.setdefault((run.config.model, run.variant), {}).setdefault(run.config.latent, []).append(run)
     split_seeds = {seeds[0].train.split_seed for by_latent in groups.values() for seeds in by_latent.values()}
     splits_by_seed = {s: load_splits(args.data_dir, s, device, fetch=False) for s in split_seeds}
-    selection = read_selection(args.out, [r.path for by_latent in groups.values() for rs in by_latent.values() for r in rs])
+    selection = read_selection(args.out,
+                               [r.path for by_latent in groups.values() for rs in by_latent.values() for r in rs])
     selected, folders = {}, []  # {(model, variant): latent size}, for the figures and the explorer page
     for (kind, settings), seeds_by_latent in groups.items():
         splits = splits_by_seed[next(iter(seeds_by_latent.values()))[0].train.split_seed]

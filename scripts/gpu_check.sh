@@ -17,17 +17,18 @@
 # GPU_CHECK_DEVICE (default cuda), GPU_CHECK_TESTS (pytest's -k, default the device), GPU_CHECK_BENCH_FLAGS,
 # GPU_CHECK_STUDY_FLAGS and GPU_CHECK_EVALUATE_FLAGS (added to bench.py's, train.py's and evaluate.py's, default
 # none) and GPU_CHECK_JOBS (step 4's jobs, default 4; 0 leaves it out). GPU_CHECK_COMMIT names the commit
-# where the tree has no .git.
+# where the tree has no .git; PYTHON the interpreter (default: python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 folder=${1:-results/bench}
 device=${GPU_CHECK_DEVICE:-cuda}
+py=${PYTHON:-python3}  # the interpreter that has the requirements
 read -ra bench_flags <<<"${GPU_CHECK_BENCH_FLAGS:-}"
 read -ra study_flags <<<"${GPU_CHECK_STUDY_FLAGS:-}"
 read -ra evaluate_flags <<<"${GPU_CHECK_EVALUATE_FLAGS:-}"
 jobs=${GPU_CHECK_JOBS:-4}
 if [[ $device == cuda* ]]; then
-    python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: PyTorch sees no CUDA device')"
+    "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: PyTorch sees no CUDA device')"
 fi
 mkdir -p "$folder"
 work=$(mktemp -d)
@@ -46,25 +47,25 @@ timed() {  # timed NAME COMMAND...: its output to $work/NAME.log and here, its s
     echo "== $name: $*"
     start=$(date +%s.%N)
     "$@" 2>&1 | tee "$work/$name.log" || failed+=("$name")
-    took[$name]=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
+    took[$name]=$("$py" -c "print(round($(date +%s.%N) - $start, 1))")
     echo "== $name: ${took[$name]} s"
 }
 
-timed tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py -k "${GPU_CHECK_TESTS:-$device}"
-timed bench python3 bench.py --device "$device" --profile "${bench_flags[@]}" --json "$folder/bench_gpu.json"
-timed train python3 train.py --device "$device" "${study_flags[@]}" --out "$work/study"
-timed evaluate python3 evaluate.py --device "$device" "${evaluate_flags[@]}" --out "$work/study"
-timed visualize python3 visualize.py --device "$device" --out "$work/study"
+timed tests "$py" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py -k "${GPU_CHECK_TESTS:-$device}"
+timed bench "$py" bench.py --device "$device" --profile "${bench_flags[@]}" --json "$folder/bench_gpu.json"
+timed train "$py" train.py --device "$device" "${study_flags[@]}" --out "$work/study"
+timed evaluate "$py" evaluate.py --device "$device" "${evaluate_flags[@]}" --out "$work/study"
+timed visualize "$py" visualize.py --device "$device" --out "$work/study"
 cp "$work/study/results.json" "$folder/gpu_study_results.json" || failed+=(results)
 cp "$work/study/results.md" "$folder/gpu_study_results.md" || failed+=(results)
-if (( jobs > 0 )) && python3 -c "import submitit" 2>/dev/null; then
-    timed "train_${jobs}_jobs" python3 train.py --device "$device" "${study_flags[@]}" --out "$work/shared" \
+if (( jobs > 0 )) && "$py" -c "import submitit" 2>/dev/null; then
+    timed "train_${jobs}_jobs" "$py" train.py --device "$device" "${study_flags[@]}" --out "$work/shared" \
         --launcher local --jobs "$jobs"
 fi
 
 tests_line=$(grep -E "[0-9]+ (passed|failed)" "$work/tests.log" | tail -1 || true)
 TOOK="$(for k in "${!took[@]}"; do echo "$k=${took[$k]}"; done)" TESTS="$tests_line" FAILED="${failed[*]:-}" \
-    FOLDER="$folder" DEVICE="$device" STUDY="${study_flags[*]:-}" python3 - <<'EOF'
+    FOLDER="$folder" DEVICE="$device" STUDY="${study_flags[*]:-}" "$py" - <<'EOF'
 import json, os, subprocess, torch
 seconds = dict(line.split("=") for line in os.environ["TOOK"].split())
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None

@@ -27,7 +27,8 @@ FLOPS_PER_IMAGE = 50_368 + 50_368 + 25_280
 
 def test_one_epochs_flops_against_a_hand_count():
     model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
-    _, flops = bench.roofline(model, n_images=1000, batch=300, repeats=1, device=torch.device("cpu"))  # batches 300, 300, 300, 100
+    _, flops = bench.roofline(model, n_images=1000, batch=300, repeats=1,
+                              device=torch.device("cpu"))  # batches 300, 300, 300, 100
     assert flops == 1000 * FLOPS_PER_IMAGE
 
 

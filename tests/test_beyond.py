@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-import classifier
-import metrics
 import visualize
 from models import ModelConfig, build_model
-from runs import Run
+from vaestudy import classifier, metrics
+from vaestudy.checkpoints import Run
 
 
 def test_active_units_on_hand_made_means():
@@ -58,7 +57,7 @@ def test_frechet_distance_of_identical_and_shifted_feature_sets():
 
 
 def test_classifier_training_improves_accuracy(mnist_dir):
-    from data import load_splits
+    from vaestudy.data import load_splits
     splits = load_splits(mnist_dir, 0, "cpu", limit=2000)
     torch.manual_seed(0)
     untrained = classifier.accuracy(classifier.DigitCNN(), *splits["val"])
@@ -67,8 +66,8 @@ def test_classifier_training_improves_accuracy(mnist_dir):
 
 
 def test_cached_classifier_is_reused_and_checked(mnist_dir, tmp_path):
-    from common import UserError
-    from data import load_splits
+    from vaestudy.cli import UserError
+    from vaestudy.data import load_splits
     splits = load_splits(mnist_dir, 0, "cpu", limit=300)
     path = tmp_path / "classifier.pt"
     _, acc = classifier.load_or_train(str(path), splits, 0, epochs=1)
@@ -116,8 +115,9 @@ def test_latent_space_figure(tmp_path, latents):
 
 def test_a_classifier_file_carrying_code_is_refused_not_run(mnist_dir, tmp_path):
     import os
-    from common import UserError
-    from data import load_splits
+
+    from vaestudy.cli import UserError
+    from vaestudy.data import load_splits
     marker = tmp_path / "ran"
 
     class Payload:
@@ -125,7 +125,8 @@ def test_a_classifier_file_carrying_code_is_refused_not_run(mnist_dir, tmp_path)
             return (os.system, (f"touch {marker}",))
 
     path = tmp_path / "classifier.pt"
-    torch.save({"format": classifier.CLASSIFIER_FORMAT, "model": Payload(), "split_seed": 0, "test_accuracy": 1.0}, path)
+    torch.save({"format": classifier.CLASSIFIER_FORMAT, "model": Payload(), "split_seed": 0, "test_accuracy": 1.0},
+               path)
     with pytest.raises(UserError, match="classifier.pt is not a readable classifier"):
         classifier.load_or_train(str(path), load_splits(mnist_dir, 0, "cpu", limit=100), 0)
     assert not marker.exists(), "the file's code was run"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-import data
-from common import UserError
+from vaestudy import data
+from vaestudy.cli import UserError
 
 
 def test_split_is_fixed_disjoint_and_90_10():

@@ -14,11 +14,11 @@ import bench
 import evaluate
 import train
 import visualize
-from classifier import accuracy, features, train_classifier
-from common import check_precision, pick_device
-from data import load_splits
-from metrics import log_px, measure
-from runs import load_checkpoint, load_run
+from vaestudy.checkpoints import load_checkpoint, load_run
+from vaestudy.classifier import accuracy, features, train_classifier
+from vaestudy.data import load_splits
+from vaestudy.device import check_precision, pick_device
+from vaestudy.metrics import log_px, measure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--latent", "2"]
@@ -93,7 +93,8 @@ def test_log_px_on_the_device_agrees_with_the_cpu(mnist_dir, tmp_path, device):
     x = load_splits(mnist_dir, 0, "cpu", fetch=False, binarize=True)["test"][0][:20]
     on_cpu = log_px(load_run(str(path)).model, x, 2000)
     here = log_px(load_run(str(path), pick_device(device)).model, x.to(device), 2000).cpu()
-    assert torch.allclose(here, on_cpu, atol=0.1) and here.mean().item() == pytest.approx(on_cpu.mean().item(), abs=0.03)
+    assert torch.allclose(here, on_cpu, atol=0.1) and here.mean().item() == pytest.approx(on_cpu.mean().item(),
+                                                                                          abs=0.03)
 
 
 def test_the_classifier_learns_on_the_device(mnist_dir, device):

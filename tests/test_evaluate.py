@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import evaluate
-import results
 import train
 import visualize
-from common import UserError
-from data import load_splits
 from models import ModelConfig, build_model
+from vaestudy import report
+from vaestudy.cli import UserError
+from vaestudy.data import load_splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,20 +82,22 @@ def test_sampled_z_is_seeded(mnist_dir, outputs):
 
 def test_selection_rule_on_hand_made_results():
     val = {2: 0.05, 5: 0.03, 10: 0.0205, 20: 0.0203, 50: 0.0200, 100: 0.0201}
-    assert results.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
-    assert results.select_latent(val, tolerance=0.0) == (50, 50)
-    assert results.select_latent({2: None, 5: 0.1}) == (5, 5)
-    assert results.select_latent({}) == (None, None)
+    assert report.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
+    assert report.select_latent(val, tolerance=0.0) == (50, 50)
+    assert report.select_latent({2: None, 5: 0.1}) == (5, 5)
+    assert report.select_latent({}) == (None, None)
 
 
 def test_multi_seed_summary_has_mean_and_spread():
-    entries = [{"model": "VAE", "variant": "default", "settings": {}, "latent": 20, "seed": s, "val": {"mse": v}, "test": {"mse": v, "kl": 10.0,
-                "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02, 0.03])]
-    (row,) = results.summarize(entries)
+    entries = [{"model": "VAE", "variant": "default", "settings": {}, "latent": 20, "seed": s, "val": {"mse": v},
+                "test": {"mse": v, "kl": 10.0,
+                "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02,
+                                                                                                       0.03])]
+    (row,) = report.summarize(entries)
     assert row["seeds"] == [0, 1, 2]
     assert row["test_mse"] == pytest.approx(0.02) and row["test_mse_std"] == pytest.approx(0.01)
     assert row["test_mse_per_digit_std"] == pytest.approx([0.01] * 10)
-    assert "0.0200 ± 0.0100" in results.markdown_tables([row])
+    assert "0.0200 ± 0.0100" in report.markdown_tables([row])
 
 
 def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
@@ -113,7 +115,7 @@ def test_non_finite_results_are_never_numbers(mnist_dir, outputs):
 
 def test_classifier_measurements(mnist_dir, outputs):
     """With a (quickly trained) cached classifier: accuracy on reconstructions, Frechet distances."""
-    import classifier
+    from vaestudy import classifier
     splits = load_splits(mnist_dir, 0, "cpu", limit=1000)
     _, test_accuracy = classifier.load_or_train(str(outputs / "classifier.pt"), splits, 0, epochs=1)
     results = run_evaluate(mnist_dir, outputs, "--seed", "0")
@@ -226,7 +228,8 @@ def test_a_multi_seed_sweep_through_evaluate(mnist_dir, tmp_path, monkeypatch):
     drawn = []
     errorbar = matplotlib.axes.Axes.errorbar
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
-                        lambda ax, x, y, *a, **k: drawn.append((list(x), y, k.get("yerr"))) or errorbar(ax, x, y, *a, **k))
+                        lambda ax, x, y, *a, **k: drawn.append((list(x), y, k.get("yerr"))) or errorbar(ax, x, y, *a,
+                                                                                                        **k))
     results = run_evaluate(mnist_dir, tmp_path)
     (row,) = results["summary"]
     a, b = (e["test"] for e in results["runs"])
@@ -272,7 +275,8 @@ def test_a_degenerate_autoencoder_code_is_one_line_in_visualize(mnist_dir, outpu
     ckpt["model"][last] = torch.zeros_like(ckpt["model"][last])  # every image gets the same code: no spread
     torch.save(ckpt, path)
     result = cli("visualize.py", "--out", str(outputs), "--data-dir", mnist_dir, "--device", "cpu")
-    assert error_line(result).startswith(f"error: Autoencoder ({LABEL}): its codes are too degenerate to fit a Gaussian")
+    assert error_line(result).startswith(
+        f"error: Autoencoder ({LABEL}): its codes are too degenerate to fit a Gaussian")
 
 
 def test_evaluate_measures_only_what_changed(mnist_dir, outputs, monkeypatch):
@@ -288,7 +292,8 @@ def test_evaluate_measures_only_what_changed(mnist_dir, outputs, monkeypatch):
     train.main(["--data-dir", mnist_dir, "--out", str(outputs), "--model", "ae", "--latent", "4", "--epochs", "1",
                 "--limit", "1024", "--batch-size", "256", "--hidden", "32", "--device", "cpu"])
     again = run_evaluate(mnist_dir, outputs)
-    assert sorted(measured) == sorted([str(changed), str(outputs / "Autoencoder" / VARIANT / "Autoencoder_latent_4.pt")])
+    assert sorted(measured) == sorted([str(changed),
+                                       str(outputs / "Autoencoder" / VARIANT / "Autoencoder_latent_4.pt")])
     assert [e for e in again["runs"] if e["checkpoint"] != str(changed) and e["latent"] != 4] == \
         [e for e in first["runs"] if e["checkpoint"] != str(changed)]
     measured.clear()

@@ -6,15 +6,15 @@ import os
 
 import pytest
 import torch
+from conftest import require
 
 import explorer
-import explorer_page
 import train
 import visualize
-from common import UserError
-from conftest import require
-from data import load_splits
-from runs import load_runs
+from vaestudy import explorer_page
+from vaestudy.checkpoints import load_runs
+from vaestudy.cli import UserError
+from vaestudy.data import load_splits
 
 TINY = ["--hidden", "32", "--limit", "512", "--epochs", "20", "--device", "cpu"]  # 20: long enough for active units
 # int8 weights with one scale per row: each weight within scale / 2 = max|row| / 254 of float32's.
@@ -182,11 +182,13 @@ def test_names_and_paths_go_into_the_page_as_text(browser, study, tmp_path):
     """A checkpoint's folder is whatever the user named it: markup in it is shown, never parsed."""
     odd = "<b>bold</b> & <img src=nowhere>"
     chosen = [(run._replace(path=os.path.join(str(tmp_path), odd, os.path.basename(run.path))), name,
-               "latent 3" not in name, "latent 3" not in name, "latent 3" in name) for name, run in study["runs"].items()]
+               "latent 3" not in name, "latent 3" not in name, "latent 3" in name) for name,
+               run in study["runs"].items()]
     page = tmp_path / "odd.html"
     explorer_page.write_page(chosen, study["test"], str(page))
     explorer.load_page(browser, str(page))
     source = browser.execute_script("const s = document.getElementById('source'); "
-                                    "return [s.textContent, s.querySelectorAll('b').length, s.querySelectorAll('img').length]")
+                                    "return [s.textContent, s.querySelectorAll('b').length, "
+                                    "s.querySelectorAll('img').length]")
     assert source[0].count(odd) == len(chosen), "each path shown as typed"
     assert source[1:] == [len(chosen), 0], "the only bold text is the models' names; no image element was made"

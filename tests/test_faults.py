@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import evaluate
-import runs
-import step
 import train
-from common import UserError
-from runs import load_checkpoint
+from vaestudy import checkpoints, step
+from vaestudy.checkpoints import load_checkpoint
+from vaestudy.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu", "--model", "vae", "--latent", "2"]
+SMALL = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu", "--model", "vae", "--latent",
+         "2"]
 VARIANT = "hidden_32_batch-size_128_limit_512"  # a smoke run is a variant of the study, in a folder of its own
 
 
@@ -115,7 +115,7 @@ def test_pickled_code_is_refused_not_run(tmp_path):
 
     path = tmp_path / "VAE" / "VAE_latent_20.pt"
     path.parent.mkdir()
-    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Payload()}, path)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "model": Payload()}, path)
     with pytest.raises(UserError, match="VAE_latent_20.pt is not a readable checkpoint"):
         evaluate.main(["--out", str(tmp_path), "--device", "cpu"])
     assert not marker.exists()
@@ -148,7 +148,8 @@ def test_non_finite_loss_stops_with_epoch_and_batch(mnist_dir, tmp_path, monkeyp
         return (loss * float("nan") if calls["n"] == 3 else loss), se, kl
 
     monkeypatch.setattr(step, "loss_terms", poisoned)
-    with pytest.raises(UserError, match=r"non-finite at epoch 2, batch 3; the last good checkpoint .* epoch 1\) is kept"):
+    with pytest.raises(UserError,
+                       match=r"non-finite at epoch 2, batch 3; the last good checkpoint .* epoch 1\) is kept"):
         small_run(mnist_dir, tmp_path, "--epochs", "3", "--resume")
     assert path.read_bytes() == good
 
@@ -186,7 +187,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(mnist_dir, tmp_path, mo
         f.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous file is untouched"):
         small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")
     assert path.read_bytes() == good
@@ -210,11 +211,11 @@ def test_the_run_lock_is_exclusive_between_two_trainers(tmp_path):
     file, so one process opening it twice stands for two): the second is refused. A shared lock
     would let both in."""
     path = str(tmp_path / "VAE_latent_2.pt")
-    with runs.run_lock(path):
+    with checkpoints.run_lock(path):
         with pytest.raises(UserError, match="another process is training"):
-            with runs.run_lock(path):
+            with checkpoints.run_lock(path):
                 pass
-    with runs.run_lock(path):
+    with checkpoints.run_lock(path):
         pass  # released with its holder
 
 
@@ -224,7 +225,7 @@ def test_an_unsaved_epoch_is_kept_as_it_was_when_it_ended(tmp_path, monkeypatch)
     whose write a stop cuts short is written by flush() all the same."""
     path = tmp_path / "VAE_latent_2.pt"
     weights, history = torch.zeros(3), {"val_mse": [1.0]}
-    saver = runs.Saver(str(path), every_s=3600)
+    saver = checkpoints.Saver(str(path), every_s=3600)
     saver.epoch_done({"model": {"w": weights}, "history": history, "epoch": 1})
     assert not path.exists(), "not due for an hour"
     weights += 1  # the next epoch's steps, in place
@@ -232,10 +233,10 @@ def test_an_unsaved_epoch_is_kept_as_it_was_when_it_ended(tmp_path, monkeypatch)
     saver.flush()
     saved = torch.load(path, weights_only=True)
     assert torch.equal(saved["model"]["w"], torch.zeros(3)) and saved["history"]["val_mse"] == [1.0]
-    real_save = runs.save_checkpoint
-    monkeypatch.setattr(runs, "save_checkpoint", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    real_save = checkpoints.save_checkpoint
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         saver.epoch_done({"model": {"w": weights}, "history": history, "epoch": 2}, last=True)
-    monkeypatch.setattr(runs, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     saver.flush()
     assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -15,11 +15,12 @@ import torch
 
 import bench
 import evaluate
-import launch
 import train
-from common import UserError, check_precision
 from models import cuda_tf32, tf32_enabled
-from runs import load_checkpoint, load_run, restore_rng_state, rng_state
+from vaestudy import launch
+from vaestudy.checkpoints import load_checkpoint, load_run, restore_rng_state, rng_state
+from vaestudy.cli import UserError
+from vaestudy.device import check_precision
 
 TINY = ["--limit", "512", "--batch-size", "128", "--hidden", "16", "--device", "cpu", "--latent", "2"]
 
@@ -124,7 +125,8 @@ def test_a_stopped_job_lets_its_run_save_before_it_exits(tmp_path):
     train.py with SIGKILL, losing its unsaved epochs. The job now asks it to stop and waits."""
     done = tmp_path / "saved"
     child = (f"import signal, time, pathlib\n"
-             f"def stop(*a):\n    time.sleep(0.5); pathlib.Path({str(done)!r}).write_text('saved'); raise SystemExit(1)\n"
+             f"def stop(*a):\n    time.sleep(0.5); pathlib.Path({str(done)!r}).write_text('saved')\n"
+             f"    raise SystemExit(1)\n"
              f"signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)\n")
 
     def requeued(signum, frame):  # as submitit's checkpoint_and_try_requeue ends
@@ -158,7 +160,8 @@ def test_tf32_is_trainings_alone_and_the_callers_setting_comes_back(mnist_dir, t
             return stepped
         monkeypatch.setattr(module, "make_step", watched)
     measure_run = evaluate.measure_run
-    monkeypatch.setattr(evaluate, "measure_run", lambda *a, **k: seen["evaluate"].add(tf32_enabled()) or measure_run(*a, **k))
+    monkeypatch.setattr(evaluate, "measure_run", lambda *a,
+                        **k: seen["evaluate"].add(tf32_enabled()) or measure_run(*a, **k))
     before = tf32_enabled()
     tiny_run(mnist_dir, tmp_path, "--epochs", "1")
     assert tf32_enabled() == before
@@ -217,7 +220,8 @@ def test_the_profile_counts_each_kernel_once():
     events = [event("aten::addmm", cpu, 5, 60), event("sm90_xmma_gemm_f32", gpu, 0, 60),
               event("aten::sigmoid", cpu, 5, 40), event("vectorized_elementwise_kernel", gpu, 0, 40)]
     share, top = bench.time_shares(events, on_gpu=True)
-    assert share == pytest.approx(0.6) and top == {"aten::addmm": pytest.approx(0.6), "aten::sigmoid": pytest.approx(0.4)}
+    assert share == pytest.approx(0.6) and top == {"aten::addmm": pytest.approx(0.6),
+                                                   "aten::sigmoid": pytest.approx(0.4)}
     share, top = bench.time_shares(events, on_gpu=False)
     assert share == pytest.approx(0.5), "on the CPU the ops' own CPU time"
 

@@ -13,7 +13,7 @@ import torch
 from submitit.core.utils import DelayedSubmission
 
 import train
-from common import UserError
+from vaestudy.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vae", "--latent", "2", "3", "--limit", "512", "--batch-size", "128", "--hidden", "32",
@@ -117,7 +117,8 @@ def test_killed_job_resumes_from_its_last_epoch(mnist_dir, tmp_path):
 def test_a_failed_run_fails_its_job_and_the_summary_names_it(mnist_dir, tmp_path, capsys):
     with pytest.raises(UserError, match="1 of 1 runs did not finish; the same command resumes them"):
         sweep(mnist_dir, tmp_path, "--latent", "2", "--epochs", "1", "--lr", "1e6", "--launcher", "local")
-    assert "not finished: VAE (hidden 32, batch-size 128, lr 1000000.0, limit 512) latent 2 seed 0" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "not finished: VAE (hidden 32, batch-size 128, lr 1000000.0, limit 512) latent 2 seed 0" in said
     (log,) = (tmp_path / "jobs").glob("*_log.err")
     assert re.search(r"^error: .*non-finite at epoch 1", log.read_text(), re.M)
 

@@ -10,13 +10,14 @@ import torch
 
 import evaluate
 import models
-import results
 import train
-from data import load_splits
-from metrics import log_px
 from models import ModelConfig, build_model, kl_divergence, log_weights
-from runs import TrainConfig, load_checkpoint
-from step import make_step
+from vaestudy import report
+from vaestudy.checkpoints import load_checkpoint
+from vaestudy.data import load_splits
+from vaestudy.metrics import log_px
+from vaestudy.runs import TrainConfig
+from vaestudy.step import make_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +45,8 @@ def exact_log_px(model, x):
     z = torch.linspace(-12, 12, 24001, dtype=torch.float64)[:, None]  # 4 times finer changes it by < 1e-5
     with torch.no_grad():
         logits = model.decoder(z)
-        log_joint = torch.stack([models.log_likelihood(logits, image) for image in x], 1) - 0.5 * (z ** 2 + math.log(2 * math.pi))
+        log_joint = torch.stack([models.log_likelihood(logits, image) for image in x],
+                                1) - 0.5 * (z ** 2 + math.log(2 * math.pi))
     return torch.logsumexp(log_joint, dim=0) + math.log(z[1, 0] - z[0, 0])
 
 
@@ -101,7 +103,8 @@ def test_a_binarized_epochs_images_are_0_or_1_and_new_each_epoch(mnist_dir, tmp_
         return forward(self, x, sample)
 
     monkeypatch.setattr(models.Autoencoder, "forward", recording)
-    train.main([*BINARY, *TINY, "--epochs", "2", "--batch-size", "256", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    train.main([*BINARY, *TINY, "--epochs", "2", "--batch-size", "256", "--data-dir", mnist_dir, "--out",
+                str(tmp_path)])
     first, second = seen  # one batch of all 256 images per epoch, in another order each time
     assert set(torch.cat(seen).unique().tolist()) == {0.0, 1.0}
     assert first.sum() != second.sum(), "drawn anew, not binarized once"
@@ -124,7 +127,8 @@ def test_iw_samples_1_trains_exactly_as_before_and_k_5_is_a_run_of_its_own(mnist
     for out, extra in (("plain", []), ("one", ["--iw-samples", "1"]), ("five", ["--iw-samples", "5"])):
         train.main(["--model", "vae", *TINY, "--epochs", "1", "--data-dir", mnist_dir, "--out", str(tmp_path / out),
                     *extra])
-    plain, one = (torch.load(tmp_path / out / folder / "VAE_latent_2.pt", weights_only=True) for out in ("plain", "one"))
+    plain, one = (torch.load(tmp_path / out / folder / "VAE_latent_2.pt", weights_only=True) for out in ("plain",
+                                                                                                         "one"))
     assert all(torch.equal(plain["model"][k], one["model"][k]) for k in plain["model"])
     five = torch.load(tmp_path / "five" / "VAE" / "hidden_16_batch-size_64_limit_256_iw-samples_5" / "VAE_latent_2.pt",
                       weights_only=True)
@@ -189,7 +193,7 @@ def likelihood_row(nll, spread, seeds, **settings):
 
 
 def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
-    table = results.likelihood_table([
+    table = report.likelihood_table([
         likelihood_row(91.25, 0.125, 3, batch_size=128),
         likelihood_row(89.5, 0.0, 1, batch_size=128, iw_samples=5),
         dict(likelihood_row(None, None, 1), settings={}),  # the study's VAE: no likelihood, no row
@@ -198,7 +202,8 @@ def test_the_benchmark_table_sets_each_run_beside_the_published_numbers():
     assert [line.split(" | ")[-2] for line in lines] == ["86.76", "85.54", "84.78", "89.78", "91.25 ± 0.12 (3 seeds)",
                                                         "89.50 (1 seed)"]
     assert [line.split(" | ")[-1] for line in lines[-2:]] == ["+4.49 |", "+2.74 |"], "distance to Burda et al.'s VAE"
-    assert lines[-1].startswith("| IWAE, K = 5 | this repository, `--recon bce --binarize --batch-size 128 --iw-samples 5`")
+    assert lines[-1].startswith(
+        "| IWAE, K = 5 | this repository, `--recon bce --binarize --batch-size 128 --iw-samples 5`")
     assert "| 784-784-784-50, ReLU | 30 epochs, batch 128 | 5000 |" in lines[-1]
     assert "| static binarization | 784-400-40, ReLU | 500 epochs | 200 |" in lines[3], "pythae's is other data"
-    assert results.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""
+    assert report.likelihood_table([dict(likelihood_row(None, None, 1), settings={})]) == ""

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence as torch_kl
+from torch.distributions import Normal
+from torch.distributions import kl_divergence as torch_kl
 
-from models import Autoencoder, ModelConfig, VAE, build_model, kl_divergence, loss_terms, reparameterize
+from models import VAE, Autoencoder, ModelConfig, build_model, kl_divergence, loss_terms, reparameterize
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae"])
@@ -64,7 +65,8 @@ def test_loss_reductions_by_hand():
     assert squared_error.tolist() == pytest.approx(se, rel=1e-5)
     assert kl_t.tolist() == pytest.approx(kl, rel=1e-5)
     assert float(loss) == pytest.approx(sum(s + 0.5 * k for s, k in zip(se, kl)) / 3, rel=1e-5)
-    bce = [sum(-(float(x[i, j]) * math.log(float(x_hat[i, j])) + (1 - float(x[i, j])) * math.log(1 - float(x_hat[i, j])))
+    bce = [sum(-(float(x[i, j]) * math.log(float(x_hat[i, j])) + (1 - float(x[i, j])) * math.log(1 - float(x_hat[i,
+                                                                                                                 j])))
                for j in range(784)) for i in range(3)]
     loss_bce, _, _ = loss_terms(x, x_hat, mu, logvar, "bce", beta=1.0)
     assert float(loss_bce) == pytest.approx(sum(b + k for b, k in zip(bce, kl)) / 3, rel=1e-4)

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-import plots
 import train
 import visualize
-from common import UserError
-from runs import Run
+from vaestudy import plots
+from vaestudy.checkpoints import Run
+from vaestudy.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--limit", "256", "--batch-size", "128", "--hidden", "16", "--device", "cpu"]
@@ -44,7 +44,8 @@ def test_model_is_named_as_tables_name_it_in_any_case(spelling, kind):
 
 
 def test_model_VAE_trains_the_vae(mnist_dir, tmp_path):
-    train.main(["--model", "VAE", "--latent", "2", "--epochs", "1", *TINY, "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    train.main(["--model", "VAE", "--latent", "2", "--epochs", "1", *TINY, "--data-dir", mnist_dir, "--out",
+                str(tmp_path)])
     assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.pt")] == ["VAE"]
 
 
@@ -83,8 +84,9 @@ def test_logs_have_one_plain_line_per_epoch_with_the_sweeps_place(mnist_dir, tmp
     for text in (result.stdout, result.stderr):
         assert "\r" not in text and "\x1b" not in text
     epochs = [line for line in result.stdout.splitlines() if ": epoch " in line]
-    assert len(epochs) == 4 and epochs[0].startswith("run 1 of 2, VAE (hidden 16, recon bce, batch-size 128, limit 256) "
-                                                     "latent 2: epoch 1 of 2: loss ")
+    assert len(epochs) == 4
+    assert epochs[0].startswith("run 1 of 2, VAE (hidden 16, recon bce, batch-size 128, limit 256) latent 2: epoch 1 "
+                                "of 2: loss ")
     assert epochs[-1].startswith("run 2 of 2, VAE (hidden 16, recon bce, batch-size 128, limit 256) latent 3: epoch 2")
     assert "(bce + KL), train MSE " in epochs[0] and "; sweep: 1 of 4 epochs done, about " in epochs[0]
     assert "; sweep: 4 of 4 epochs done, about 0 min left" in epochs[-1]

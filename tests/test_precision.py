@@ -8,11 +8,13 @@ import torch
 import evaluate
 import models
 import train
-from common import UserError, check_precision
-from data import load_splits
 from models import ModelConfig, build_model, loss_terms, matmul_precision
-from runs import TrainConfig, load_checkpoint
-from step import make_optimizer, make_step
+from vaestudy.checkpoints import load_checkpoint
+from vaestudy.cli import UserError
+from vaestudy.data import load_splits
+from vaestudy.device import check_precision
+from vaestudy.runs import TrainConfig
+from vaestudy.step import make_optimizer, make_step
 
 TINY = ["--latent", "2", "--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu"]
 FOLDER = "hidden_32_batch-size_128_limit_512"
@@ -110,7 +112,8 @@ def test_an_unknown_precision_is_refused_where_configs_are_made():
 def test_evaluate_can_estimate_the_nll_in_bf16_and_says_so(mnist_dir, tmp_path):
     train.main(["--model", "vae", "--recon", "bce", "--binarize", *TINY, "--epochs", "1", "--data-dir", mnist_dir,
                 "--out", str(tmp_path)])
-    common = ["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier", "--nll-samples", "50"]
+    common = ["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier", "--nll-samples",
+              "50"]
     evaluate.main(common)
     fp32 = json.loads((tmp_path / "results.json").read_text())["runs"][0]
     evaluate.main([*common, "--nll-precision", "bf16"])

@@ -13,7 +13,7 @@ import torch
 
 import evaluate
 import train
-from common import UserError
+from vaestudy.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vae", "--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu"]
@@ -62,7 +62,8 @@ def test_a_preempted_job_is_requeued_and_does_every_epoch_once(cluster, mnist_di
     the signal, the requeued job continues from them, and the result is the uninterrupted run's."""
     epochs = 300
     argv = [*TINY, "--latent", "2", "--epochs", str(epochs), "--data-dir", mnist_dir, "--save-every-s", "3600"]
-    launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / "slurm"),
+    launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out",
+                                 str(tmp_path / "slurm"),
                                  *ON_SLURM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster)
     try:
         job = re.match(r"job (\d+):", launcher.stdout.readline()).group(1)
@@ -139,7 +140,7 @@ def test_without_wait_it_submits_and_returns(cluster, mnist_dir, tmp_path, capsy
 
 
 def test_an_interrupted_wait_leaves_the_jobs_running(cluster, mnist_dir, tmp_path, monkeypatch):
-    import launch
+    from vaestudy import launch
     monkeypatch.setattr(launch, "slurm_states", lambda array: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(UserError, match=r"stopped waiting; the jobs go on \(squeue -j \d+ shows them\)"):
         train.main([*TINY, "--latent", "2", "--epochs", "1", "--data-dir", mnist_dir, "--out", str(tmp_path),

@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 
-import data
 import train
-import metrics
-import step
-from common import UserError
-from runs import TrainConfig, load_checkpoint
 from models import ModelConfig, build_model, loss_terms
+from vaestudy import data, metrics, step
+from vaestudy.checkpoints import load_checkpoint
+from vaestudy.cli import UserError
+from vaestudy.runs import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,9 +66,11 @@ def test_resume_with_other_settings_is_another_run(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
     first = (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes()
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2", "--resume", "--lr", "0.01")
-    other = torch.load(tmp_path / "Autoencoder" / "hidden_64_batch-size_128_lr_0.01_limit_512" / "Autoencoder_latent_2.pt",
+    other = torch.load(tmp_path / "Autoencoder" / "hidden_64_batch-size_128_lr_0.01_limit_512" /
+                       "Autoencoder_latent_2.pt",
                        weights_only=True)
-    assert other["epoch"] == 2 and other["train_config"]["lr"] == 0.01  # trained from scratch, not resumed from the first
+    # trained from scratch, not resumed from the first
+    assert other["epoch"] == 2 and other["train_config"]["lr"] == 0.01
     assert (tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt").read_bytes() == first
 
 
@@ -107,7 +108,8 @@ def test_unwritable_output_folder(mnist_dir, tmp_path):
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     bad_data = tmp_path / "data" / "MNIST" / "raw"
     bad_data.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
         (bad_data / name).write_bytes(b"garbage")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", str(tmp_path / "data"),
                              "--out", str(tmp_path / "out"), "--epochs", "1"], capture_output=True, text=True)
@@ -125,7 +127,8 @@ def test_importing_train_flushes_subnormals(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0.0", "True"], "1e-39 is subnormal and flushed; 1e-36 is not"
-    plain = subprocess.run([sys.executable, "-c", "import torch; print(float((torch.full((4096,), 1e-30) * 1e-9).sum()) > 0)"],
+    plain = subprocess.run([sys.executable, "-c",
+                            "import torch; print(float((torch.full((4096,), 1e-30) * 1e-9).sum()) > 0)"],
                            capture_output=True, text=True)
     assert plain.stdout.strip() == "True", "without it, the same product is kept"
 
@@ -249,7 +252,9 @@ def test_a_checkpoint_with_incomplete_settings_is_one_line(mnist_dir, tmp_path):
 
 def test_launcher_without_submitit_is_one_line(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed: importing it raises
-    monkeypatch.delitem(sys.modules, "launch", raising=False)
+    monkeypatch.delitem(sys.modules, "vaestudy.launch", raising=False)
+    import vaestudy
+    monkeypatch.delattr(vaestudy, "launch", raising=False)
     with pytest.raises(UserError, match=r"--launcher local needs submitit: pip install -r requirements.txt"):
         run_train(mnist_dir, tmp_path, "--launcher", "local")
 

@@ -7,10 +7,20 @@ import torch
 import evaluate
 import train
 import visualize
-from common import UserError, versions
 from models import ModelConfig, build_model
-from runs import (FORMAT_1, TrainConfig, checkpoint_path, planned_runs, train_config, variant, variant_flags, variant_folder,
-                  variant_label)
+from vaestudy.checkpoints import FORMAT_1
+from vaestudy.cli import UserError
+from vaestudy.files import versions
+from vaestudy.runs import (
+    TrainConfig,
+    checkpoint_path,
+    planned_runs,
+    train_config,
+    variant,
+    variant_flags,
+    variant_folder,
+    variant_label,
+)
 
 
 def test_default_names_are_the_studys_and_every_other_setting_names_a_folder():
@@ -70,7 +80,8 @@ def test_variants_keep_their_own_files_rows_and_figures(mnist_dir, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["variant"], tuple(r["seeds"])) for r in results["summary"]}
     assert rows == {("limit 2048", (0,)), ("beta 4.0, limit 2048", (0,)), ("hidden 64, limit 2048", (1,))}
-    assert set(results["selection"]) == {"VAE (limit 2048)", "VAE (beta 4.0, limit 2048)", "VAE (hidden 64, limit 2048)"}
+    assert set(results["selection"]) == {"VAE (limit 2048)", "VAE (beta 4.0, limit 2048)",
+                                         "VAE (hidden 64, limit 2048)"}
     table = (tmp_path / "results.md").read_text()
     assert "| model | variant | latent | seeds |" in table and "| VAE | beta 4.0, limit 2048 | 2 | 1 |" in table
 
@@ -105,7 +116,8 @@ def test_a_checkpoint_of_the_previous_main_lands_in_the_default_row(mnist_dir, t
     assert [(r["variant"], r["seeds"]) for r in results["summary"]] == [("default", [0]), ("beta 4.0, limit 2048", [0])]
     assert results["selection"]["VAE"]["selected"] == 2
     visualize.main(["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu"])
-    default, beta = (tmp_path / "VAE" / "comparison_1.jpg"), (tmp_path / "VAE" / "beta_4.0_limit_2048" / "comparison_1.jpg")
+    default = tmp_path / "VAE" / "comparison_1.jpg"
+    beta = tmp_path / "VAE" / "beta_4.0_limit_2048" / "comparison_1.jpg"
     assert default.exists() and beta.exists() and default.read_bytes() != beta.read_bytes()
     assert (tmp_path / "VAE" / "class_results_MSE.jpg").exists()
     assert old.exists()
@@ -116,7 +128,8 @@ def test_another_run_at_a_runs_path_is_refused_not_overwritten(mnist_dir, tmp_pa
     old = main_checkpoint(tmp_path / "VAE" / "VAE_latent_2.pt", beta=4.0)
     before = old.read_bytes()
     for extra in ([], ["--resume"]):
-        with pytest.raises(UserError, match=r"VAE_latent_2.pt holds another run \(VAE \(beta 4.0\) latent 2 seed 0\); move it"):
+        with pytest.raises(UserError,
+                           match=r"VAE_latent_2.pt holds another run \(VAE \(beta 4.0\) latent 2 seed 0\); move it"):
             train.main(["--model", "vae", "--latent", "2", "--epochs", "1", "--data-dir", mnist_dir,
                         "--out", str(tmp_path), "--device", "cpu", *extra])
     assert old.read_bytes() == before

@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from common import atomic_write
-from metrics import active_dims, encode_means, reconstruct
 from models import MODEL_NAMES
+from vaestudy.files import atomic_write
+from vaestudy.metrics import active_dims, encode_means, reconstruct
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.html")
 PAGE_LIMIT = 16 * 2**20  # bytes: a page that opens quickly from disk

@@ -19,7 +19,8 @@ import zipfile
 import numpy as np
 import torch
 
-from common import UserError, atomic_write
+from vaestudy.cli import UserError
+from vaestudy.files import atomic_write
 
 # md5 of the official uncompressed files (yann.lecun.com/exdb/mnist), as torchvision lists them.
 MD5 = {

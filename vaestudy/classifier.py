@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError, atomic_write, progress, versions
+from vaestudy.cli import UserError, progress
+from vaestudy.files import atomic_write, versions
 
 CLASSIFIER_FORMAT = "mnist-vae-study/classifier/1"
 

@@ -10,10 +10,10 @@ def make_optimizer(model, train):
     return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
-def make_step(model, optimizer, train, compile=False):
+def make_step(model, optimizer, train, compiled=False):
     """step(x) trains on one batch x as the TrainConfig `train` says and returns [loss, summed squared
     error, summed KL] as a device tensor, so that nothing waits for the device."""
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model) if compiled else model
 
     def step(x):
         if train.binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save

@@ -2,9 +2,9 @@
 published numbers set beside ours, and every table of results.md (plots.py draws the numbers)."""
 import torch
 
-from data import N_VAL
 from models import ModelConfig
-from runs import STUDY_EPOCHS, TrainConfig, group_label, variant_flags
+from vaestudy.data import N_VAL
+from vaestudy.runs import STUDY_EPOCHS, TrainConfig, group_label, variant_flags
 
 TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
 N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
@@ -53,7 +53,7 @@ def mean_std(values):
 
 def summarize(entries):
     """Per model, variant and latent size: mean and standard deviation over seeds of every metric.
-    Entries differ within a group in their seed only (runs.py), so no spread mixes two settings."""
+    Entries differ within a group in their seed only (runs.py, checkpoints.py), so no spread mixes two settings."""
     groups = {}
     for e in entries:
         groups.setdefault((e["model"], e["variant"] != "default", e["variant"], e["latent"]), []).append(e)
@@ -149,8 +149,10 @@ def headline_table(summary):
              "|" + "---|" * 8]
     for r in summary:
         if r["variant"] == "default":
-            lines.append(f"| {r['model']} | {r['latent']} | {len(r['seeds'])} | {fmt(r['test_mse'], r['test_mse_std'])} "
-                         f"| {fmt(r['test_mse_sampled'], r['test_mse_sampled_std'])} | {fmt(r['test_kl'], r['test_kl_std'], 2)} "
+            lines.append(f"| {r['model']} | {r['latent']} | {len(r['seeds'])} "
+                         f"| {fmt(r['test_mse'], r['test_mse_std'])} "
+                         f"| {fmt(r['test_mse_sampled'], r['test_mse_sampled_std'])} "
+                         f"| {fmt(r['test_kl'], r['test_kl_std'], 2)} "
                          f"| {fmt(r['active_units'], r['active_units_std'], 1)} "
                          f"| {fmt(r['classifier_accuracy'], r['classifier_accuracy_std'])} |")
     return "\n".join(lines) + "\n"
@@ -232,7 +234,8 @@ def rate_distortion_table(summary):
              "|" + "---|" * 6]
     for r in sorted(rows, key=lambda r: (beta_of(r), r["latent"])):
         lines.append(f"| {beta_of(r):g} | {r['latent']} | {len(r['seeds'])} | {fmt(r['test_kl'], r['test_kl_std'], 2)} "
-                     f"| {fmt(r['test_mse'], r['test_mse_std'])} | {fmt(r['active_units'], r['active_units_std'], 1)} |")
+                     f"| {fmt(r['test_mse'], r['test_mse_std'])} "
+                     f"| {fmt(r['active_units'], r['active_units_std'], 1)} |")
     return "\n".join(lines) + "\n" if rows else ""
 
 
@@ -243,7 +246,8 @@ def likelihood_table(summary):
     lines = ["| model | source | data | architecture | training | k | test NLL (nats) | vs Burda et al.'s VAE |",
              "|" + "---|" * 8]
     for name, source, data, widths, training, k, nll in LITERATURE:
-        lines.append(f"| {name} | {source} | {data} | {widths} | {training} | {k} | {nll:.2f} | {nll - REFERENCE_NLL:+.2f} |")
+        lines.append(f"| {name} | {source} | {data} | {widths} | {training} | {k} | {nll:.2f} "
+                     f"| {nll - REFERENCE_NLL:+.2f} |")
     for r in rows:
         settings = r["settings"]
         iw = settings.get("iw_samples", TrainConfig.iw_samples)
@@ -270,7 +274,8 @@ def precision_table(reference, summary, metrics=STUDY_METRICS):
     for r in summary:
         settings = {k: v for k, v in r["settings"].items() if k != "precision"}
         # the same settings less precision: the float32 run (its settings name no precision)
-        fp32 = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"], settings)),
+        fp32 = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"],
+                                                                                          settings)),
                     None)
         if r["settings"].get("precision") != "bf16" or fp32 is None:
             continue
@@ -281,7 +286,8 @@ def precision_table(reference, summary, metrics=STUDY_METRICS):
             beyond = abs(r[key] - fp32[key]) > r[key + "_std"] + fp32[key + "_std"]
             lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(fp32[key], fp32[key + '_std'], digits)} "
                          f"({len(fp32['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
-                         f"| {r[key] - fp32[key]:+.{digits + 1}f} | {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
+                         f"| {r[key] - fp32[key]:+.{digits + 1}f} "
+                         f"| {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -291,7 +297,8 @@ def report(results):
     notes = selection_lines(results["selection"], summary)
     if info:
         notes.append(f"digit classifier: {info['test_accuracy']:.2%} test accuracy; Frechet distance of the real "
-                     f"validation images to the test set (the floor): {fmt(info['frechet_floor_val_vs_test'], digits=2)} "
+                     "validation images to the test set (the floor): "
+                     f"{fmt(info['frechet_floor_val_vs_test'], digits=2)} "
                      f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
                      "finite-sample bias, so a floor set a little high)")
     text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
@@ -301,9 +308,9 @@ def report(results):
         comparison = (f"left out: the runs of the study's configuration here were trained for "
                       f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study's for "
                       f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
-    for heading, table in (("Against the study's published test results (results.STUDY)", comparison),
+    for heading, table in (("Against the study's published test results (report.STUDY)", comparison),
                            ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),
-                           ("Test NLL beside published models (results.LITERATURE)", likelihood_table(summary))):
+                           ("Test NLL beside published models (report.LITERATURE)", likelihood_table(summary))):
         if table:
             text += f"\n{heading}:\n\n{table}"
     return text

@@ -1,11 +1,11 @@
-"""The plots of the numbers in a results.json (results.py computes them), and the axis styles that
+"""The plots of the numbers in a results.json (report.py computes them), and the axis styles that
 every figure shares, visualize.py's included."""
 import math
 import os
 
-from common import save_figure
-from results import beta_of, beta_sweep
-from runs import group_label, variant_folder, variant_label
+from vaestudy.files import save_figure
+from vaestudy.report import beta_of, beta_sweep
+from vaestudy.runs import group_label, variant_folder, variant_label
 
 
 def latent_axis(ax, latents):
@@ -64,7 +64,8 @@ def plot_rate_distortion(summary, path):
     for beta, line in zip(betas, lines):
         if len(line) < 2:
             continue
-        ax_b.errorbar([r["latent"] for r in line], [r["test_mse"] for r in line], yerr=[r["test_mse_std"] for r in line],
+        ax_b.errorbar([r["latent"] for r in line], [r["test_mse"] for r in line],
+                      yerr=[r["test_mse_std"] for r in line],
                       marker="o", capsize=3, color=colours[beta], label=f"VAE, β {beta:g}")
         for r in line:
             if r["active_units"] is not None:
@@ -105,10 +106,12 @@ def plot_results(summary, floor, out):
             ax.errorbar(range(10), means, yerr=spread, marker="o", capsize=3,
                         label=f"{r['latent']}" + (f" ({len(r['seeds'])} seeds)" if spread else ""))
         ax.set(xticks=range(10), ylim=ylim, xlabel="digit", ylabel="test MSE per pixel",
-               title=f"{group_label(model, label)}: reconstruction error per digit" + (" (z = mu)" if model == "VAE" else ""))
+               title=f"{group_label(model, label)}: reconstruction error per digit"
+               + (" (z = mu)" if model == "VAE" else ""))
         ax.grid(alpha=0.3)
         ax.legend(title="latent size", ncol=2, fontsize=8)
-        written.append(os.path.join(variant_folder(out, model, settings_tuple(rows[0]["settings"])), "class_results_MSE.jpg"))
+        written.append(os.path.join(variant_folder(out, model, settings_tuple(rows[0]["settings"])),
+                                    "class_results_MSE.jpg"))
         save_figure(fig, written[-1])
         plt.close(fig)
 
@@ -138,7 +141,8 @@ def plot_results(summary, floor, out):
     against_latent("active_units", "active units (Var of posterior mean > 0.01)", "VAE: active latent units",
                    os.path.join(out, "VAE", "active_units.jpg"), only="VAE", extra=all_units, integer=True)
     against_latent("dead_units", "dead units (exactly 0 for >= 99% of test images)", "Autoencoder: dead code units",
-                   os.path.join(out, "Autoencoder", "dead_units.jpg"), only="Autoencoder", extra=all_units, integer=True)
+                   os.path.join(out, "Autoencoder", "dead_units.jpg"), only="Autoencoder", extra=all_units,
+                   integer=True)
     against_latent("classifier_accuracy", "accuracy on test reconstructions", "Does the code keep the digit?",
                    os.path.join(out, "classifier_accuracy.jpg"))
     against_latent("frechet_distance", "Frechet distance to test features (lower is better)",

@@ -22,11 +22,13 @@ import time
 import submitit
 from submitit.core.utils import FailedJobError
 
-from common import UserError, pick_device
-from data import ensure_mnist
-from runs import checkpoint_path, load_run, planned_runs, run_name
+from vaestudy.checkpoints import load_run
+from vaestudy.cli import UserError
+from vaestudy.data import ensure_mnist
+from vaestudy.device import pick_device
+from vaestudy.runs import checkpoint_path, planned_runs, run_name
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py and models.py
 TRAIN_PY = os.path.join(ROOT, "train.py")
 POLL_S = 3  # how often --wait asks squeue
 # squeue's states of a job that will not run again (a requeued job is PENDING, so still running)
@@ -163,7 +165,8 @@ def slurm_states(array):
                             capture_output=True, text=True)
     if result.returncode != 0:  # the array is gone from the controller's memory: every task ended
         return {}
-    return {task: (state, reason) for task, state, reason in (line.split(None, 2) for line in result.stdout.splitlines())}
+    return {task: (state, reason) for task, state, reason in (line.split(None,
+                                                                         2) for line in result.stdout.splitlines())}
 
 
 def wait_for_slurm(array):

@@ -1,0 +1,16 @@
+"""The library behind the scripts at the top, in the order of the pipeline:
+
+    cli, device, files   what every script shares: one-line errors and flags, the device, whole-file writes
+    data                 MNIST fetched and verified, the fixed 54k/6k split, tensors on the device
+    runs                 what a run is (TrainConfig), its name and its file
+    checkpoints          a run's checkpoint: format, save cadence, random states, loading, lock, discovery
+    step                 one training step and one epoch (train.py and bench.py)
+    metrics              the measurements, shared by training and evaluation
+    classifier           the digit classifier used as a measuring instrument, and the Frechet distance
+    report               what a results.json holds: means over seeds, the selection rule, the tables
+    plots                the plots of the numbers
+    launch               a sweep as jobs through submitit (train.py --launcher)
+    explorer_page        the latent explorer's data, into its template explorer.html
+
+The model itself is models.py, at the top. Nothing here imports a script.
+"""

@@ -1,0 +1,52 @@
+"""Where the work runs: the device a flag names, whether it runs bf16, and the CPU's subnormal floats."""
+import os
+
+import torch
+
+from vaestudy.cli import UserError
+
+
+def flush_subnormals():
+    """Read and write floats below 1.2e-38 as zero on the CPU. They are common late in training, as
+    gradients of saturated sigmoids at MNIST's always-black border pixels and Adam moments of dead
+    units, and take a slow path: a trained Autoencoder's steps ran 2.8x faster without them. Call it
+    before PyTorch starts its threads (on import), because they inherit it from the thread making them."""
+    torch.set_flush_denormal(True)
+
+
+def pick_device(name):
+    """auto (CUDA when PyTorch sees it, else the CPU), cpu, cuda or cuda:N; anything else is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if device.type == "cuda":
+        # what hides GPUs from a process, said where it is set: a job given one GPU sees it as cuda:0
+        hidden = (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
+                  if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but PyTorch sees no CUDA device{hidden}; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this process sees {count} CUDA device(s){hidden}, "
+                            f"cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":  # mps, meta, xpu, ...: nothing here is built or tested for them
+        raise UserError(f"--device {name} is not supported; use auto, cpu or cuda")
+    return device
+
+
+def check_precision(precision, device):
+    """bf16 where the device runs it natively; a GPU without bf16 units (before NVIDIA's Ampere) would
+    emulate it or fail mid-run, so it is refused here. Every CPU runs it (fast where it has AVX-512
+    BF16 or AMX; python bench.py measures it)."""
+    if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                        "use --precision fp32")
+
+
+def native_bf16(device):
+    """Whether this GPU, not the current one (torch.cuda.is_bf16_supported asks about that), has
+    bf16 units: NVIDIA's from compute capability 8.0 (Ampere) on; ROCm builds run it on theirs."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)

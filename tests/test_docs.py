@@ -9,7 +9,7 @@ import re
 import pytest
 
 import bench
-import results
+from vaestudy import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,19 +30,19 @@ def assert_in(table, name, what):
 
 
 def test_readme_headline_table_is_the_committed_results_json():
-    assert_in(results.headline_table(committed("study")), "README.md", "headline table")
+    assert_in(report.headline_table(committed("study")), "README.md", "headline table")
 
 
 def test_study_pages_tables_are_the_committed_results_json():
     study = committed("study")
     default = [r for r in study if r["variant"] == "default"]
-    assert_in(results.markdown_tables(default).split("\n\n")[0], "docs/study.md", "table of every column")
-    assert_in(results.study_table(study), "docs/study.md", "comparison with the study")
-    assert_in(results.rate_distortion_table(study), "docs/rate-distortion.md", "rate-distortion table")
+    assert_in(report.markdown_tables(default).split("\n\n")[0], "docs/study.md", "table of every column")
+    assert_in(report.study_table(study), "docs/study.md", "comparison with the study")
+    assert_in(report.rate_distortion_table(study), "docs/rate-distortion.md", "rate-distortion table")
 
 
 def test_likelihood_pages_table_is_the_committed_results_json():
-    assert_in(results.likelihood_table(committed("likelihood")), "docs/likelihood.md", "benchmark table")
+    assert_in(report.likelihood_table(committed("likelihood")), "docs/likelihood.md", "benchmark table")
 
 
 def test_speed_pages_tables_are_the_committed_results():
@@ -54,8 +54,8 @@ def test_speed_pages_tables_are_the_committed_results():
     bench_results.sort(key=lambda r: -sum(r["model"]["hidden"]))
     assert_in(bench.speed_table(bench_results), "docs/speed.md", "speed table")
     study, precision = committed("study"), committed("precision")
-    assert_in(results.precision_table(study, precision), "docs/speed.md", "bf16 quality table")
-    assert_in(results.precision_table(precision, precision, results.EVERY_METRIC), "docs/speed.md",
+    assert_in(report.precision_table(study, precision), "docs/speed.md", "bf16 quality table")
+    assert_in(report.precision_table(precision, precision, report.EVERY_METRIC), "docs/speed.md",
               "table of bf16 beside float32 on one machine")
     with open(os.path.join(ROOT, "results", "bench", "nll_precision.json")) as f:
         nll = json.load(f)
@@ -72,10 +72,16 @@ def test_the_readme_is_a_door():
     commands = [i for i, line in enumerate(lines) if "pip install -r requirements.txt" in line]
     assert commands and commands[1] < 40, "the two commands on the first screen"
     assert "python train.py && python evaluate.py && python visualize.py" in lines[commands[0]]
-    assert lines[commands[1]].strip() == "pip install -r requirements.txt && pytest"
+    assert lines[commands[1]].strip() == "pip install -r requirements.txt && ruff check . && pytest"
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    assert "pip install -q -r requirements.txt && ruff check . && pytest\n" in ci, "CI runs what the README says"
 
 
-@pytest.mark.parametrize("name", ["README.md"] + [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))])
+PAGES = ["README.md"] + [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+@pytest.mark.parametrize("name", PAGES)
 def test_links_stay_in_the_repository_and_lead_somewhere(name):
     folder = os.path.dirname(os.path.join(ROOT, name))
     for target in re.findall(r"\]\(([^)\s]+)\)", page(name)):
@@ -91,6 +97,8 @@ def test_the_published_results_are_apart_from_the_working_folder():
     through --out."""
     ignored = page(".gitignore").splitlines()
     assert "output/" in ignored
-    import train, evaluate, visualize
+    import evaluate
+    import train
+    import visualize
     for script in (train, evaluate, visualize):
         assert script.get_args([]).out == "output"

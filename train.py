@@ -4,111 +4,99 @@
     python train.py --model vae --latent 20  # one run
     python train.py --model vae --beta 0.5   # a variant: its own files, under output/VAE/beta_0.5/
 """
-import argparse
-import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 
 import torch
 
 from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
-from vaestudy.checkpoints import Saver, checkpoint, load_run, restore_rng_state, rng_state, run_lock
-from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, on_terminal, progress, run_cli
+from vaestudy.checkpoints import (
+    Saver,
+    checkpoint,
+    epochs_done,
+    existing_checkpoint,
+    restore_rng_state,
+    rng_state,
+    run_lock,
+)
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, model_kind, run_cli
 from vaestudy.data import load_splits
 from vaestudy.device import check_precision, flush_subnormals, pick_device
 from vaestudy.metrics import per_image_errors
-from vaestudy.runs import STUDY_EPOCHS, TrainConfig, checkpoint_path, planned_runs, run_name
+from vaestudy.runs import STUDY_EPOCHS, TrainConfig, checkpoint_path, objective, planned_runs, run_name
 from vaestudy.step import make_optimizer, make_step, train_epoch
+from vaestudy.sweep import Stopped, Sweep, stop_signals, stopped
 
 flush_subnormals()  # on import, before PyTorch starts its threads
 
 
-def model_kind(text):
-    """--model: ae, vae or both, also as tables write them (Autoencoder, VAE), in any case."""
-    kinds = {"ae": "ae", "autoencoder": "ae", "vae": "vae", "both": "both"}
-    if text.lower() not in kinds:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from ae, vae, both)")
-    return kinds[text.lower()]
-
-
-def add_sweep_flags(p):
-    """Which runs: the models, latent sizes, seeds and epochs."""
-    p.add_argument("--model", default="both", type=model_kind, help="ae, vae or both (default: both)")
-    p.add_argument("--latent", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100],
+def get_args(argv=None):
+    """Every flag and its default; any mistake is two short lines and exit code 2."""
+    p = ArgumentParser(__doc__)
+    g = p.add_argument_group("which runs")
+    g.add_argument("--model", default="both", type=model_kind, help="ae, vae or both (default: both)")
+    g.add_argument("--latent", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100],
                    help="latent sizes to sweep (default: 2 5 10 20 50 100, the study's)")
-    p.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
+    g.add_argument("--seed", type=int, nargs="+", default=[TrainConfig.seed],
                    help="seeds of initialisation, batch order and sampling; several give error bars (default: 0)")
-    p.add_argument("--epochs", type=int, default=STUDY_EPOCHS,
+    g.add_argument("--epochs", type=int, default=STUDY_EPOCHS,
                    help="epochs per run (default: %(default)s, the study's)")
-    p.add_argument("--resume", action="store_true",
+    g.add_argument("--resume", action="store_true",
                    help="continue each run from its checkpoint; finished runs are skipped (default: off)")
-
-
-def add_identity_flags(p):
-    """What decides what a run learns: any value but the default (the study's) makes a variant of
-    the study, a run with files of its own (vaestudy/runs.py)."""
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+    g = p.add_argument_group("what a run learns: any value but the default (the study's) makes a variant, a run "
+                             "with files of its own (vaestudy/runs.py)")
+    g.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                    help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+    g.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
                    help="AdamW weight decay (default: %(default)s, PyTorch's)")
-    p.add_argument("--beta", type=float, default=TrainConfig.beta,
+    g.add_argument("--beta", type=float, default=TrainConfig.beta,
                    help="weight of the KL term, VAE only (default: %(default)s)")
-    p.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
+    g.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
                    help="reconstruction loss summed over pixels: mse or bce (default: %(default)s, the study's)")
-    p.add_argument("--binarize", action="store_true",
+    g.add_argument("--binarize", action="store_true",
                    help="dynamically binarized MNIST: training pixels drawn 0/1 anew at every use, validation and "
-                        "test drawn once with data.BINARIZE_SEED; needs --recon bce (default: off, grey pixels)")
-    p.add_argument("--iw-samples", type=int, default=TrainConfig.iw_samples,
+                        "test drawn once with vaestudy.data.BINARIZE_SEED; needs --recon bce "
+                        "(default: off, grey pixels)")
+    g.add_argument("--iw-samples", type=int, default=TrainConfig.iw_samples,
                    help="VAE only: train on the K-sample importance-weighted bound (IWAE); 1 is the ELBO "
                         "(default: %(default)s)")
-    p.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
+    g.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                    help="number format of the matmuls: fp32, or bf16 with float32 weights, optimizer and loss "
                         "(default: %(default)s, the study's)")
-    p.add_argument("--hidden", type=int, nargs="+", default=list(ModelConfig.hidden),
+    g.add_argument("--hidden", type=int, nargs="+", default=list(ModelConfig.hidden),
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
-    p.add_argument("--code-relu", action="store_true",
+    g.add_argument("--code-relu", action="store_true",
                    help="Autoencoder only: a ReLU on the code, as the study built it (default: off, a linear code)")
-    p.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
+    g.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
                    help="seed of the 54k/6k train/val split (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None,
+    g.add_argument("--limit", type=int, default=None,
                    help="train on N images of the training split only: the first N of its fixed random order, "
                         "for smoke runs (default: all 54,000)")
-
-
-def add_machine_flags(p):
-    """Where and how the runs go: this machine's threads, or jobs through submitit (vaestudy/launch.py)."""
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
-    p.add_argument("--save-every-s", type=float, default=30,
+    add_place_flags(p.add_argument_group("where"), "folder for checkpoints and figures")
+    g = p.add_argument_group("how the runs go: this machine's threads, or jobs through submitit "
+                             "(vaestudy/launch.py)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    g.add_argument("--save-every-s", type=float, default=30,
                    help="save a run's checkpoint at most every this many seconds; its last epoch, Ctrl-C, SIGTERM "
                         "and SLURM's SIGUSR2 always save every finished epoch; 0 saves after each epoch (default: 30)")
-    p.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
-    p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
+    g.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
                    help="none: the runs one after another, here; local: --jobs processes here; slurm: one job "
                         "array on a SLURM cluster (default: none)")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="local: runs at a time, one GPU each where there are several, else a share of the "
-                        "CPU cores (default: 2)")
-    p.add_argument("--wait", action="store_true",
+    g.add_argument("--jobs", type=int, default=2,
+                   help="local: runs at a time, spread over the GPUs (sharing them when there are more jobs than "
+                        "GPUs), else each with a share of the CPU cores (default: 2)")
+    g.add_argument("--wait", action="store_true",
                    help="slurm: wait for the jobs to end, then report as local does (default: submit and return)")
-    p.add_argument("--partition", default=None, help="slurm: partition (default: the cluster's default)")
-    p.add_argument("--time-min", type=int, default=60,
+    g.add_argument("--partition", default=None, help="slurm: partition (default: the cluster's default)")
+    g.add_argument("--time-min", type=int, default=60,
                    help="time limit of a run in minutes; a run stopped by it is requeued and resumes (default: 60)")
-    p.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs per run, 0 for CPU nodes (default: 1)")
-    p.add_argument("--cpus-per-run", type=int, default=4, help="slurm: CPUs per run (default: 4)")
-    p.add_argument("--max-running", type=int, default=64, help="slurm: most runs running at once (default: 64)")
-
-
-def get_args(argv=None):
-    p = ArgumentParser(__doc__)
-    add_sweep_flags(p)
-    add_identity_flags(p)
-    add_place_flags(p, "folder for checkpoints and figures")
-    add_machine_flags(p)
+    g.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs per run, 0 for CPU nodes (default: 1)")
+    g.add_argument("--cpus-per-run", type=int, default=4, help="slurm: CPUs per run (default: 4)")
+    g.add_argument("--max-running", type=int, default=64, help="slurm: most runs running at once (default: 64)")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be positive")
@@ -123,82 +111,6 @@ def get_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     return args
-
-
-class Stopped(Exception):
-    """A request to stop from outside: SIGTERM, or SIGUSR2, which SLURM sends ahead of a time limit or
-    a preemption when asked to (submitit asks for it)."""
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """Ctrl-C (SIGINT) raises KeyboardInterrupt, SIGTERM and SIGUSR2 raise Stopped, the first one
-    only: a second signal while the run saves its finished epochs is ignored, so that the save
-    completes. The caller's handlers are back afterwards (signals reach the main thread alone)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stopping = []
-
-    def handler(signum, frame):
-        if not stopping:
-            stopping.append(signum)
-            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-
-def objective(config, train):
-    """What the training loss is, in words: "mse + KL", "bce + 0.5 KL", "-IWAE bound, K = 5"."""
-    if train.iw_samples > 1:
-        return f"-IWAE bound, K = {train.iw_samples}"
-    return train.recon + ("" if config.model == "ae" else f" + {'' if train.beta == 1 else f'{train.beta:g} '}KL")
-
-
-def existing_checkpoint(path, config, train, resume, device):
-    """The checkpoint already at path when it holds this very run (None when there is none, or when it
-    is unreadable and is not to be resumed); a different run there is refused, never overwritten."""
-    if not os.path.exists(path):
-        return None
-    try:
-        theirs = load_run(path, device)
-    except UserError:
-        if resume:
-            raise
-        return None  # retrained from scratch: the damaged file holds nothing to keep
-    if (theirs.config, theirs.train) != (config, train):  # e.g. written before file names carried the settings
-        raise UserError(f"{path} holds another run ({run_name(theirs.config, theirs.train, seed=True)}); "
-                        "move it elsewhere to keep it, then run again")
-    return theirs.ckpt
-
-
-class Sweep:
-    """Where a sweep stands: "run 3 of 12" and the time left for all of it, in a bar above each run's
-    own bar on a terminal, or at the end of each epoch's line in a log."""
-
-    def __init__(self, n_runs, epochs_left):
-        self.n_runs, self.left, self.done, self.start = n_runs, epochs_left, 0, time.perf_counter()
-        self.bar = progress(total=epochs_left, desc="sweep", unit="epoch", position=0)
-        self.saved = 0  # epochs of the current run saved by this process
-
-    def run_bar(self, i, name, start_epoch, epochs):
-        self.place = f"run {i + 1} of {self.n_runs}"
-        self.bar.set_description(self.place)
-        return progress(total=epochs, initial=start_epoch, desc=name, unit="epoch", position=1, leave=False)
-
-    def epoch_done(self, line):
-        self.done, self.saved = self.done + 1, self.saved + 1
-        self.bar.update(1)
-        if not on_terminal():
-            left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
-            print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, "
-                  f"about {left / 60:.0f} min left",
-                  flush=True)
 
 
 def train_run(args, config, train, path, splits, device, sweep, i):
@@ -261,16 +173,6 @@ def train_run(args, config, train, path, splits, device, sweep, i):
     print(f"saved {path}")
 
 
-def epochs_done(path, resume):
-    """Epochs a run already has, for the sweep's count of what is left."""
-    if not resume or not os.path.exists(path):
-        return 0
-    try:
-        return load_run(path).ckpt["epoch"]
-    except UserError:
-        return 0  # train_run says what is wrong with it
-
-
 def main(argv=None):
     args = get_args(argv)
     if args.launcher != "none":
@@ -291,14 +193,11 @@ def main(argv=None):
     try:
         with stop_signals(), cuda_tf32(True):  # "fp32" training on a GPU is TF32, and only the training
             for i, (config, train, path) in enumerate(plan):
-                sweep.saved = 0
+                sweep.finished = 0
                 with run_lock(path):
                     train_run(args, config, train, path, splits, device, sweep, i)
     except (KeyboardInterrupt, Stopped) as e:
-        how = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {e}"
-        if sweep.saved or epochs_done(path, True):
-            raise UserError(f"{how}; {path} keeps every finished epoch: add --resume to the same command to continue")
-        raise UserError(f"{how} before the first epoch of {path} ended: nothing of that run was saved")
+        raise stopped(e, path, sweep.finished)
     finally:
         sweep.bar.close()
         torch.set_num_threads(threads)

@@ -5,6 +5,7 @@
     runs                 what a run is (TrainConfig), its name and its file
     checkpoints          a run's checkpoint: format, save cadence, random states, loading, lock, discovery
     step                 one training step and one epoch (train.py and bench.py)
+    sweep                a sweep's progress, the signals that stop it, and what it says then (train.py)
     metrics              the measurements, shared by training and evaluation
     classifier           the digit classifier used as a measuring instrument, and the Frechet distance
     report               what a results.json holds: means over seeds, the selection rule, the tables

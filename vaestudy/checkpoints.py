@@ -19,7 +19,7 @@ import torch
 from models import ModelConfig, build_model
 from vaestudy.cli import UserError
 from vaestudy.files import atomic_write, versions
-from vaestudy.runs import TrainConfig, checkpoint_path, train_config, variant, variant_label
+from vaestudy.runs import TrainConfig, checkpoint_path, run_name, train_config, variant, variant_label
 
 CHECKPOINT_FORMAT = "mnist-vae-study/2"
 # format 1 held train.py's flags ("args", epochs among them) where format 2 holds the TrainConfig; still read
@@ -208,3 +208,30 @@ def load_runs(folder, device="cpu"):
         raise UserError(f"no finished runs under {folder}: run python train.py (with --resume to finish them)")
     return sorted(runs.values(), key=lambda r: (r.config.model, r.variant != (), variant_label(r.variant),
                                                 r.config.latent, r.train.seed))
+
+
+def existing_checkpoint(path, config, train, resume, device):
+    """The checkpoint already at path when it holds this very run (None when there is none, or when it
+    is unreadable and is not to be resumed); a different run there is refused, never overwritten."""
+    if not os.path.exists(path):
+        return None
+    try:
+        theirs = load_run(path, device)
+    except UserError:
+        if resume:
+            raise
+        return None  # retrained from scratch: the damaged file holds nothing to keep
+    if (theirs.config, theirs.train) != (config, train):  # e.g. written before file names carried the settings
+        raise UserError(f"{path} holds another run ({run_name(theirs.config, theirs.train, seed=True)}); "
+                        "move it elsewhere to keep it, then run again")
+    return theirs.ckpt
+
+
+def epochs_done(path, resume):
+    """Epochs a run already has, for the sweep's count of what is left."""
+    if not resume or not os.path.exists(path):
+        return 0
+    try:
+        return load_run(path).ckpt["epoch"]
+    except UserError:
+        return 0  # train_run says what is wrong with it

@@ -61,3 +61,11 @@ def progress(**kwargs):
     """A tqdm bar on a terminal; elsewhere (a log file, a pipe, a test) none, since the bar's
     redrawing would leave carriage returns and cursor moves in the text."""
     return tqdm(disable=not on_terminal(), dynamic_ncols=True, **kwargs)
+
+
+def model_kind(text):
+    """--model: ae, vae or both, also as tables write them (Autoencoder, VAE), in any case."""
+    kinds = {"ae": "ae", "autoencoder": "ae", "vae": "vae", "both": "both"}
+    if text.lower() not in kinds:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from ae, vae, both)")
+    return kinds[text.lower()]

@@ -150,3 +150,10 @@ def checkpoint_path(out, config, train):
     suffix = "" if train.seed == 0 else f"_seed_{train.seed}"
     name = MODEL_NAMES[config.model]
     return os.path.join(variant_folder(out, name, variant(config, train)), f"{name}_latent_{config.latent}{suffix}.pt")
+
+
+def objective(config, train):
+    """What the training loss is, in words: "mse + KL", "bce + 0.5 KL", "-IWAE bound, K = 5"."""
+    if train.iw_samples > 1:
+        return f"-IWAE bound, K = {train.iw_samples}"
+    return train.recon + ("" if config.model == "ae" else f" + {'' if train.beta == 1 else f'{train.beta:g} '}KL")

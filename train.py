@@ -26,7 +26,7 @@ from vaestudy.device import check_precision, flush_subnormals, pick_device
 from vaestudy.metrics import per_image_errors
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, checkpoint_path, objective, planned_runs, run_name
 from vaestudy.step import make_optimizer, make_step, train_epoch
-from vaestudy.sweep import Stopped, Sweep, stop_signals, stopped
+from vaestudy.sweep import LiveView, Stopped, Sweep, stop_signals, stopped
 
 flush_subnormals()  # on import, before PyTorch starts its threads
 
@@ -81,6 +81,9 @@ def get_args(argv=None):
     g.add_argument("--save-every-s", type=float, default=30,
                    help="save a run's checkpoint at most every this many seconds; its last epoch, Ctrl-C, SIGTERM "
                         "and SLURM's SIGUSR2 always save every finished epoch; 0 saves after each epoch (default: 30)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write each run's per-epoch figures and reconstructions as TensorBoard events in "
+                        "tensorboard/ beside its checkpoint: tensorboard --logdir output (default: off)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch (default: PyTorch's, all cores; --launcher local shares them out)")
     g.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
@@ -142,6 +145,7 @@ def train_run(args, config, train, path, splits, device, sweep, i):
     pixels, name, loss_name = train_x.shape[1], run_name(config, train), objective(config, train)
     bar = sweep.run_bar(i, name, start_epoch, args.epochs)
     saver = Saver(path, args.save_every_s)
+    view = LiveView(path, start_epoch, args.epochs) if args.tensorboard else None
     try:
         for epoch in range(start_epoch, args.epochs):
             t0 = time.perf_counter()
@@ -160,6 +164,8 @@ def train_run(args, config, train, path, splits, device, sweep, i):
             history["seconds"].append(time.perf_counter() - t0)
             saver.epoch_done(checkpoint(config, train, args.epochs, epoch + 1, model, optimizer, history,
                                         rng_state(generator, device)), last=epoch + 1 == args.epochs)
+            if view:
+                view.epoch_done(epoch + 1, history, model, val_x[:16])
             figures = (f"loss {history['train_loss'][-1]:.2f} ({loss_name}), train MSE {history['train_mse'][-1]:.4f}, "
                        f"val MSE {history['val_mse'][-1]:.4f}"
                        + (f", val KL {history['val_kl'][-1]:.2f}" if config.model == "vae" else ""))
@@ -169,6 +175,9 @@ def train_run(args, config, train, path, splits, device, sweep, i):
     except BaseException:
         saver.flush()  # every finished epoch is kept, never a part of one
         raise
+    finally:
+        if view:
+            view.close()
     bar.close()
     print(f"saved {path}")
 

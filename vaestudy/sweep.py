@@ -1,9 +1,13 @@
 """A sweep as train.py runs it, apart from the training itself: where it stands (bars on a terminal,
-one line per epoch in a log, the time left), the signals that stop it, and what it says when stopped."""
+one line per epoch in a log, the time left, TensorBoard's curves), the signals that stop it, and what
+it says when stopped."""
 import contextlib
+import os
 import signal
 import threading
 import time
+
+import torch
 
 from vaestudy.checkpoints import epochs_done
 from vaestudy.cli import UserError, on_terminal, progress
@@ -67,3 +71,42 @@ class Sweep:
             left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
             print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, "
                   f"about {left / 60:.0f} min left", flush=True)
+
+
+GRID_EVERY = 5  # epochs between two reconstruction grids in TensorBoard (and the last epoch's)
+
+
+class LiveView:
+    """train.py --tensorboard: a run's per-epoch figures, and a grid of validation images over their
+    reconstructions every GRID_EVERY epochs, as TensorBoard event files in tensorboard/ beside the
+    run's checkpoint, so that `tensorboard --logdir output` names each run by its folder (variant)
+    and file (latent size, seed). A resumed run drops what an earlier process wrote past the epoch it
+    resumes from (a run killed between two saves), so no epoch appears twice."""
+
+    def __init__(self, path, start_epoch, epochs):
+        from torch.utils.tensorboard import SummaryWriter  # only here: tensorboard is needed for this alone
+
+        self.folder = tensorboard_folder(path)
+        self.epochs = epochs
+        self.writer = SummaryWriter(self.folder, purge_step=start_epoch + 1 if start_epoch else None)
+
+    def epoch_done(self, epoch, history, model, images):
+        for key, values in history.items():
+            self.writer.add_scalar(key.replace("_", "/", 1) if key != "seconds" else key, values[-1], epoch)
+        if epoch % GRID_EVERY == 0 or epoch == self.epochs:
+            from torchvision.utils import make_grid
+
+            from vaestudy.metrics import reconstruct
+            was_training = model.training
+            both = torch.cat([images, reconstruct(model, images)]).reshape(-1, 1, 28, 28).clamp(0, 1)
+            model.train(was_training)
+            self.writer.add_image("reconstructions", make_grid(both.cpu(), nrow=len(images)), epoch)
+
+    def close(self):
+        self.writer.close()
+
+
+def tensorboard_folder(path):
+    """output/VAE/VAE_latent_20.pt's events go to output/VAE/tensorboard/VAE_latent_20/."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(os.path.dirname(path), "tensorboard", stem)

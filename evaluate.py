@@ -25,6 +25,7 @@ from vaestudy.data import load_splits
 from vaestudy.device import check_precision, pick_device
 from vaestudy.files import atomic_write
 from vaestudy.metrics import (
+    METRICS,
     active_units,
     dead_units,
     encode_means,
@@ -67,6 +68,9 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
         entry["active_units"] = active_units(codes)
     else:
         entry["dead_units"] = dead_units(codes)
+    for m in METRICS:  # the metrics that measure themselves from the model (metrics.Metric)
+        if m.measure is not None and m.applies(config, train):
+            entry[m.key] = finite_or_none(m.measure(model, splits, seed))
     if judge is not None:
         net, test_features = judge
         reconstructions = reconstruct(model, test_x)
@@ -119,6 +123,9 @@ def measurement_key(run, args, device, classifier_sha):
         key["nll_precision"] = args.nll_precision
     if device.type != "cpu":
         key["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    extra = [m.key for m in METRICS if m.measure is not None]  # a metric declared later is measured anew
+    if extra:
+        key["metrics"] = extra
     return key
 
 

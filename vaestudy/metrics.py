@@ -2,10 +2,13 @@
 mode, and in float32 unless log_px is asked for bf16."""
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 from models import iw_bound, log_weights, loss_terms, matmul_precision
+from vaestudy.runs import defines_likelihood
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
 DEAD_FRACTION = 0.99  # a ReLU code unit is dead when it is exactly 0 for at least this share of images
@@ -113,3 +116,64 @@ def measure(model, x, labels, sample=False, seed=0):
     per_digit = torch.zeros(10, device=x.device, dtype=mse.dtype).index_add_(0, labels, mse) / counts
     return {"mse": finite_or_none(mse.mean()), "mse_per_digit": [finite_or_none(v) for v in per_digit.tolist()],
             "kl": finite_or_none(kl.mean())}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measurement of a run, declared once. Everything else follows from the declaration: what
+    evaluate.py measures and stores in results.json, the summary over seeds, every table's column,
+    the headline table, results.md's list of terms, and the plot against latent size.
+
+    A metric that `measure`s is computed here from the run's model alone, `measure(model, splits,
+    seed)`, on the runs that `runs` names, and stored in the run's entry under its key; the others
+    are measured by evaluate.measure_run itself (they share its passes over the data) and `read`
+    from the entry."""
+    key: str  # its name in results.json
+    label: str  # its column in every table
+    digits: int  # decimals shown
+    glossary: str  # what it is, in one line of results.md's terms
+    lower_is_better: Optional[bool] = None  # None for a count or a rate, where neither is better
+    runs: str = "all"  # the runs it applies to: "all", "vae", "ae", or "likelihood" (runs.defines_likelihood)
+    measure: Optional[Callable] = None
+    read: Optional[Callable] = None  # from a run's entry; by default entry[key]
+    headline: bool = False  # a column of the README's headline table
+    plot: Optional[tuple] = None  # (y label, title) of its plot against latent size
+    integer: bool = False  # a count: integer ticks on its plot
+
+    def applies(self, config, train):
+        return {"all": True, "vae": config.model == "vae", "ae": config.model == "ae",
+                "likelihood": defines_likelihood(config, train)}[self.runs]
+
+    def value(self, entry):
+        return self.read(entry) if self.read else entry.get(self.key)
+
+
+METRICS = (
+    Metric("test_mse", "test MSE", 4, "per-pixel squared error on the 10,000 test images, decoding z = mu (the VAE) "
+           "or the code (the Autoencoder)", lower_is_better=True, read=lambda e: e["test"]["mse"], headline=True),
+    Metric("test_mse_sampled", "test MSE, sampled z", 4, "the VAE's test MSE decoding one z drawn from q(z|x) per "
+           "image, as the study measured it", lower_is_better=True, runs="vae",
+           read=lambda e: e.get("test_sampled", {}).get("mse"), headline=True),
+    Metric("val_mse", "val MSE", 4, "test MSE's measure on the 6,000 validation images, which select the latent "
+           "size", lower_is_better=True, read=lambda e: e["val"]["mse"]),
+    Metric("test_kl", "KL (nats)", 2, "the VAE's KL(q(z|x) || N(0, I)) per test image: the rate, the nats its code "
+           "carries", runs="vae", read=lambda e: e["test"]["kl"] if e["model"] == "VAE" else None, headline=True),
+    Metric("test_nll", "test NLL (nats)", 2, "minus the k-sample importance-weighted estimate of log p(x) per "
+           "binarized test image (Burda et al. 2016)", lower_is_better=True, runs="likelihood"),
+    Metric("test_elbo", "test ELBO (nats)", 2, "the evidence lower bound per binarized test image: the NLL's bound "
+           "at k = 1", lower_is_better=False, runs="likelihood"),
+    Metric("active_units", "active units", 1, f"latent dimensions whose posterior mean varies over the test images "
+           f"by more than {ACTIVE_THRESHOLD} (Burda et al. 2016)", runs="vae", headline=True,
+           plot=(f"active units (Var of posterior mean > {ACTIVE_THRESHOLD})", "VAE: active latent units"),
+           integer=True),
+    Metric("dead_units", "dead units", 1, f"Autoencoder code dimensions that are exactly 0 for at least "
+           f"{DEAD_FRACTION:.0%} of the test images", runs="ae",
+           plot=(f"dead units (exactly 0 for >= {DEAD_FRACTION:.0%} of test images)", "Autoencoder: dead code units"),
+           integer=True),
+    Metric("classifier_accuracy", "classifier acc.", 4, "a small digit classifier's accuracy on the test images' "
+           "reconstructions: does the code keep the digit?", lower_is_better=False, headline=True,
+           plot=("accuracy on test reconstructions", "Does the code keep the digit?")),
+    Metric("frechet_distance", "Frechet dist.", 2, "Frechet distance between the classifier's features of 10,000 "
+           "decoded samples and of the test images", lower_is_better=True,
+           plot=("Frechet distance to test features (lower is better)", "Quality of decoded samples")),
+)

@@ -4,6 +4,7 @@ import math
 import os
 
 from vaestudy.files import save_figure
+from vaestudy.metrics import METRICS
 from vaestudy.report import beta_of, beta_sweep
 from vaestudy.runs import group_label, variant_folder, variant_label
 
@@ -138,17 +139,14 @@ def plot_results(summary, floor, out):
         plt.close(fig)
 
     all_units = lambda ax, latents: ax.plot(latents, latents, "k--", lw=1, label="all units")
-    against_latent("active_units", "active units (Var of posterior mean > 0.01)", "VAE: active latent units",
-                   os.path.join(out, "VAE", "active_units.jpg"), only="VAE", extra=all_units, integer=True)
-    against_latent("dead_units", "dead units (exactly 0 for >= 99% of test images)", "Autoencoder: dead code units",
-                   os.path.join(out, "Autoencoder", "dead_units.jpg"), only="Autoencoder", extra=all_units,
-                   integer=True)
-    against_latent("classifier_accuracy", "accuracy on test reconstructions", "Does the code keep the digit?",
-                   os.path.join(out, "classifier_accuracy.jpg"))
-    against_latent("frechet_distance", "Frechet distance to test features (lower is better)",
-                   "Quality of decoded samples", os.path.join(out, "frechet_distance.jpg"),
-                   extra=None if floor is None else
-                   lambda ax, latents: ax.axhline(floor, color="k", ls="--", lw=1, label="real validation images"))
+    references = {"active_units": all_units, "dead_units": all_units,  # what a reader compares the line with
+                  "frechet_distance": None if floor is None else
+                  lambda ax, latents: ax.axhline(floor, color="k", ls="--", lw=1, label="real validation images")}
+    for m in METRICS:
+        if m.plot:  # a metric of one model's runs goes in that model's folder, the others at the top
+            only = {"vae": "VAE", "ae": "Autoencoder"}.get(m.runs)
+            path = os.path.join(out, only, f"{m.key}.jpg") if only else os.path.join(out, f"{m.key}.jpg")
+            against_latent(m.key, *m.plot, path, only=only, extra=references.get(m.key), integer=m.integer)
     if beta_sweep(summary)[0]:
         plot_rate_distortion(summary, os.path.join(out, "VAE", "rate_distortion.jpg"))
         written.append(os.path.join(out, "VAE", "rate_distortion.jpg"))

@@ -4,6 +4,7 @@ import torch
 
 from models import ModelConfig
 from vaestudy.data import N_VAL
+from vaestudy.metrics import METRICS
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, group_label, variant_flags
 
 TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
@@ -30,18 +31,7 @@ LITERATURE = (
 )
 REFERENCE_NLL = LITERATURE[0][-1]  # the one-layer VAE of Burda et al.: what a plain VAE should reach
 
-METRICS = {  # summary column: how to read it from one run's entry (None where it does not apply)
-    "test_mse": lambda e: e["test"]["mse"],
-    "val_mse": lambda e: e["val"]["mse"],
-    "test_mse_sampled": lambda e: e.get("test_sampled", {}).get("mse"),
-    "test_kl": lambda e: e["test"]["kl"] if e["model"] == "VAE" else None,
-    "test_nll": lambda e: e.get("test_nll"),
-    "test_elbo": lambda e: e.get("test_elbo"),
-    "active_units": lambda e: e.get("active_units"),
-    "dead_units": lambda e: e.get("dead_units"),
-    "classifier_accuracy": lambda e: e.get("classifier_accuracy"),
-    "frechet_distance": lambda e: e.get("frechet_distance"),
-}
+BY_KEY = {m.key: m for m in METRICS}  # each metric's declaration (metrics.METRICS), by its results.json name
 
 
 def mean_std(values):
@@ -62,11 +52,11 @@ def summarize(entries):
         group.sort(key=lambda e: e["seed"])
         row = {"model": model, "variant": label, "settings": group[0]["settings"], "latent": latent,
                "seeds": [e["seed"] for e in group]}
-        for key, pick in METRICS.items():
-            row[key], row[key + "_std"] = mean_std([pick(e) for e in group])
+        for m in METRICS:
+            row[m.key], row[m.key + "_std"] = mean_std([m.value(e) for e in group])
         # each seed's own value where a range or a count per run tells more than mean and spread
-        row["by_seed"] = {key: [METRICS[key](e) for e in group] for key in ("test_mse", "dead_units")
-                          if METRICS[key](group[0]) is not None}
+        row["by_seed"] = {key: [BY_KEY[key].value(e) for e in group] for key in ("test_mse", "dead_units")
+                          if BY_KEY[key].value(group[0]) is not None}
         row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
         row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
         if "nll_precision" in group[0]:  # bf16: said where it was used, absent (fp32) elsewhere
@@ -123,11 +113,8 @@ def short_of_study(rows):
 
 def markdown_tables(summary):
     """The table of every row, then per-digit test MSE."""
-    columns = [("test MSE", "test_mse", 4), ("test MSE, sampled z", "test_mse_sampled", 4), ("val MSE", "val_mse", 4),
-               ("KL (nats)", "test_kl", 2), ("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2),
-               ("active units", "active_units", 1), ("dead units", "dead_units", 1),
-               ("classifier acc.", "classifier_accuracy", 4), ("Frechet dist.", "frechet_distance", 2)]
-    columns = [c for c in columns if any(r.get(c[1]) is not None for r in summary)]  # results.json may predate one
+    columns = [(m.label, m.key, m.digits) for m in METRICS
+               if any(r.get(m.key) is not None for r in summary)]  # results.json may predate one
     # a variant column only where there is more than one variant: the study's table keeps its shape
     keys = ["model"] + (["variant"] if len({r["variant"] for r in summary}) > 1 else []) + ["latent"]
     lines = ["| " + " | ".join(keys + ["seeds", "epochs"] + [name for name, _, _ in columns]) + " |",
@@ -145,16 +132,14 @@ def markdown_tables(summary):
 
 def headline_table(summary):
     """The README's table: the study's configuration, a few columns, mean ± spread over seeds."""
-    lines = ["| model | latent | seeds | test MSE | test MSE, sampled z | KL (nats) | active units | classifier acc. |",
-             "|" + "---|" * 8]
+    columns = [m for m in METRICS if m.headline]
+    lines = ["| " + " | ".join(["model", "latent", "seeds"] + [m.label for m in columns]) + " |",
+             "|" + "---|" * (3 + len(columns))]
     for r in summary:
         if r["variant"] == "default":
-            lines.append(f"| {r['model']} | {r['latent']} | {len(r['seeds'])} "
-                         f"| {fmt(r['test_mse'], r['test_mse_std'])} "
-                         f"| {fmt(r['test_mse_sampled'], r['test_mse_sampled_std'])} "
-                         f"| {fmt(r['test_kl'], r['test_kl_std'], 2)} "
-                         f"| {fmt(r['active_units'], r['active_units_std'], 1)} "
-                         f"| {fmt(r['classifier_accuracy'], r['classifier_accuracy_std'])} |")
+            cells = [r["model"], str(r["latent"]), str(len(r["seeds"]))]
+            lines.append("| " + " | ".join(cells + [fmt(r.get(m.key), r.get(m.key + "_std"), m.digits)
+                                                    for m in columns]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +276,13 @@ def precision_table(reference, summary, metrics=STUDY_METRICS):
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def terms(summary):
+    """What each column of results.md's first table is, from its declaration."""
+    shown = [m for m in METRICS if any(r.get(m.key) is not None for r in summary)]
+    better = {True: " (lower is better)", False: " (higher is better)", None: ""}
+    return "\nTerms:\n\n" + "".join(f"- **{m.label}**: {m.glossary}{better[m.lower_is_better]}\n" for m in shown)
+
+
 def report(results):
     """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
     summary, info = results["summary"], results["classifier"]
@@ -301,16 +293,17 @@ def report(results):
                      f"{fmt(info['frechet_floor_val_vs_test'], digits=2)} "
                      f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
                      "finite-sample bias, so a floor set a little high)")
-    text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n"
+    text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n" + terms(summary)
     comparison = study_table(summary)
     short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
     if not comparison and short:
         comparison = (f"left out: the runs of the study's configuration here were trained for "
                       f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study's for "
                       f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
-    for heading, table in (("Against the study's published test results (report.STUDY)", comparison),
+    for heading, table in (("Against the study's published test results (vaestudy.report.STUDY)", comparison),
                            ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),
-                           ("Test NLL beside published models (report.LITERATURE)", likelihood_table(summary))):
+                           ("Test NLL beside published models (vaestudy.report.LITERATURE)",
+                            likelihood_table(summary))):
         if table:
             text += f"\n{heading}:\n\n{table}"
     return text

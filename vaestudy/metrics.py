@@ -102,6 +102,14 @@ def dead_units(codes, fraction=DEAD_FRACTION):
     return int(((codes == 0).double().mean(dim=0) >= fraction).sum())
 
 
+@torch.no_grad()
+def top_dimension_kl(model, splits, seed):
+    """The KL of the VAE's busiest latent dimension: the largest over dimensions of the mean over test
+    images of KL(q(z_d|x) || N(0, 1)), in nats. Beside the total KL it says how concentrated the rate is."""
+    mu, logvar = (torch.cat(t) for t in zip(*(model.eval().encode(xb) for xb in splits["test"][0].split(10000))))
+    return (0.5 * (mu.double().pow(2) + logvar.double().exp() - 1 - logvar.double())).mean(0).max()
+
+
 def finite_or_none(value):
     """JSON and tables get None for a non-finite number, never a NaN that looks like a result."""
     value = float(value)
@@ -158,6 +166,8 @@ METRICS = (
            "size", lower_is_better=True, read=lambda e: e["val"]["mse"]),
     Metric("test_kl", "KL (nats)", 2, "the VAE's KL(q(z|x) || N(0, I)) per test image: the rate, the nats its code "
            "carries", runs="vae", read=lambda e: e["test"]["kl"] if e["model"] == "VAE" else None, headline=True),
+    Metric("top_dim_kl", "top dim. KL (nats)", 2, "the KL of the VAE's busiest latent dimension: the largest mean "
+           "test KL of any one dimension", runs="vae", measure=top_dimension_kl),
     Metric("test_nll", "test NLL (nats)", 2, "minus the k-sample importance-weighted estimate of log p(x) per "
            "binarized test image (Burda et al. 2016)", lower_is_better=True, runs="likelihood"),
     Metric("test_elbo", "test ELBO (nats)", 2, "the evidence lower bound per binarized test image: the NLL's bound "

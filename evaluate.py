@@ -26,6 +26,7 @@ from vaestudy.device import check_precision, pick_device
 from vaestudy.files import atomic_write
 from vaestudy.metrics import (
     METRICS,
+    N_GENERATED,
     active_units,
     dead_units,
     encode_means,
@@ -36,8 +37,9 @@ from vaestudy.metrics import (
     reconstruct,
 )
 from vaestudy.plots import plot_results
-from vaestudy.report import N_GENERATED, TOLERANCE, report, selections, summarize
+from vaestudy.report import report
 from vaestudy.runs import defines_likelihood, run_name, variant_label
+from vaestudy.stats import TOLERANCE, selections, summarize
 
 
 def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp32"):

@@ -25,8 +25,8 @@ from vaestudy.device import pick_device
 from vaestudy.files import save_figure
 from vaestudy.metrics import encode_means, generate, latent_prior, measure, reconstruct
 from vaestudy.plots import integer_axis, plain_log_axis
-from vaestudy.report import mean_std, select_latent
 from vaestudy.runs import group_label, variant_folder, variant_label
+from vaestudy.stats import mean_std, select_latent
 
 DPI = 100
 GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE points

@@ -12,7 +12,7 @@ import evaluate
 import train
 import visualize
 from models import ModelConfig, build_model
-from vaestudy import report
+from vaestudy import report, stats
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
 
@@ -82,10 +82,10 @@ def test_sampled_z_is_seeded(mnist_dir, outputs):
 
 def test_selection_rule_on_hand_made_results():
     val = {2: 0.05, 5: 0.03, 10: 0.0205, 20: 0.0203, 50: 0.0200, 100: 0.0201}
-    assert report.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
-    assert report.select_latent(val, tolerance=0.0) == (50, 50)
-    assert report.select_latent({2: None, 5: 0.1}) == (5, 5)
-    assert report.select_latent({}) == (None, None)
+    assert stats.select_latent(val) == (50, 20)  # 0.0203 <= 0.0200 * 1.02 < 0.0205
+    assert stats.select_latent(val, tolerance=0.0) == (50, 50)
+    assert stats.select_latent({2: None, 5: 0.1}) == (5, 5)
+    assert stats.select_latent({}) == (None, None)
 
 
 def test_multi_seed_summary_has_mean_and_spread():
@@ -93,7 +93,7 @@ def test_multi_seed_summary_has_mean_and_spread():
                 "test": {"mse": v, "kl": 10.0,
                 "mse_per_digit": [v] * 10}, "test_sampled": {"mse": v + 0.001}} for s, v in enumerate([0.01, 0.02,
                                                                                                        0.03])]
-    (row,) = report.summarize(entries)
+    (row,) = stats.summarize(entries)
     assert row["seeds"] == [0, 1, 2]
     assert row["test_mse"] == pytest.approx(0.02) and row["test_mse_std"] == pytest.approx(0.01)
     assert row["test_mse_per_digit_std"] == pytest.approx([0.01] * 10)

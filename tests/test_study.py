@@ -8,7 +8,7 @@ from PIL import Image
 
 import evaluate
 import train
-from vaestudy import report
+from vaestudy import published, report, stats
 from vaestudy.checkpoints import load_checkpoint
 from vaestudy.data import load_splits
 
@@ -47,11 +47,11 @@ def test_beta_sweep_prefers_the_studys_settings():
     row = lambda settings, latent=20: {"model": "VAE", "settings": settings, "latent": latent, "test_kl": 5.0}
     summary = [row({"hidden": [64]}), row({"hidden": [64], "beta": 0.5}), row({}), row({"beta": 0.1}),
                row({"beta": 0.1}, latent=2), row({"limit": 10})]
-    rows, shared = report.beta_sweep(summary)
+    rows, shared = stats.beta_sweep(summary)
     assert shared == {} and [r["settings"] for r in rows] == [{}, {"beta": 0.1}, {"beta": 0.1}]
-    rows, shared = report.beta_sweep(summary[:2] + summary[5:])
+    rows, shared = stats.beta_sweep(summary[:2] + summary[5:])
     assert shared == {"hidden": [64]} and len(rows) == 2
-    assert report.beta_sweep([row({}), row({"limit": 10})]) == ([], None)
+    assert stats.beta_sweep([row({}), row({"limit": 10})]) == ([], None)
 
 
 def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
@@ -62,11 +62,11 @@ def test_rate_distortion_figure_from_two_betas(mnist_dir, tmp_path):
     tiny(mnist_dir, tmp_path, "--model", "vae", "--latent", "2", "3", "--beta", "0.25")
     tiny(mnist_dir, tmp_path, "--model", "ae", "--latent", "20")
     found = evaluated(mnist_dir, tmp_path)
-    rows, shared = report.beta_sweep(found["summary"])
-    assert shared == {"limit": 2048} and sorted((report.beta_of(r), r["latent"]) for r in rows) == [
+    rows, shared = stats.beta_sweep(found["summary"])
+    assert shared == {"limit": 2048} and sorted((stats.beta_of(r), r["latent"]) for r in rows) == [
         (0.25, 2), (0.25, 3), (1.0, 2), (1.0, 3)]
-    low, high = (min((r for r in rows if r["latent"] == 3), key=report.beta_of),
-                 max((r for r in rows if r["latent"] == 3), key=report.beta_of))
+    low, high = (min((r for r in rows if r["latent"] == 3), key=stats.beta_of),
+                 max((r for r in rows if r["latent"] == 3), key=stats.beta_of))
     assert low["test_kl"] > high["test_kl"], "a lower beta buys a higher rate"
     table = report.rate_distortion_table(found["summary"]).splitlines()
     assert [line.split(" | ")[:2] for line in table[2:]] == [["| 0.25", "2"], ["| 0.25", "3"], ["| 1", "2"], ["| 1",
@@ -93,7 +93,7 @@ def relu_row(latent, mses, dead):
 
 
 def test_study_table_places_the_study_against_each_seed():
-    study_ae = {latent: ae for latent, (ae, _, _) in report.STUDY.items()}
+    study_ae = {latent: ae for latent, (ae, _, _) in published.STUDY.items()}
     summary = [relu_row(2, [study_ae[2] - 0.002, study_ae[2] + 0.001, study_ae[2]], [0, 0, 1]),  # spans it
                relu_row(10, [study_ae[10] + 0.001, study_ae[10] + 0.003, study_ae[10] + 0.002], [5, 6, 7]),
                relu_row(20, [study_ae[20] - 0.002, study_ae[20] - 0.001, study_ae[20] - 0.003], [1, 2, 3]),
@@ -112,7 +112,7 @@ def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():
         return {"model": "Autoencoder", "variant": "code-relu", "settings": {"code_relu": True}, "latent": 10,
                 "seed": seed, "epochs": 50 + seed, "dead_units": dead, "val": {"mse": mse},
                 "test": {"mse": mse, "mse_per_digit": [mse] * 10, "kl": 0.0}}
-    [row] = report.summarize([entry(2, 0.03, 7), entry(0, 0.01, 5), entry(1, 0.02, 6)])
+    [row] = stats.summarize([entry(2, 0.03, 7), entry(0, 0.01, 5), entry(1, 0.02, 6)])
     assert row["seeds"] == [0, 1, 2]
     assert row["by_seed"] == {"test_mse": [0.01, 0.02, 0.03], "dead_units": [5, 6, 7]}
     assert row["epochs"] == [50, 51, 52], "each seed's epochs, in seed order"

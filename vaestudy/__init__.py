@@ -8,7 +8,9 @@
     sweep                a sweep's progress, the signals that stop it, and what it says then (train.py)
     metrics              the measurements, shared by training and evaluation
     classifier           the digit classifier used as a measuring instrument, and the Frechet distance
-    report               what a results.json holds: means over seeds, the selection rule, the tables
+    stats                a results.json's summary: means over seeds, the latent-size selection rule
+    published            the study's and the literature's numbers that ours are set beside
+    report               every table of results.md and of the docs
     plots                the plots of the numbers
     launch               a sweep as jobs through submitit (train.py --launcher)
     explorer_page        the latent explorer's data, into its template explorer.html

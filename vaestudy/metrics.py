@@ -12,6 +12,7 @@ from vaestudy.runs import defines_likelihood
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
 DEAD_FRACTION = 0.99  # a ReLU code unit is dead when it is exactly 0 for at least this share of images
+N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
 
 
 @contextlib.contextmanager

@@ -1,12 +1,12 @@
-"""The plots of the numbers in a results.json (report.py computes them), and the axis styles that
+"""The plots of the numbers in a results.json (stats.py computes them), and the axis styles that
 every figure shares, visualize.py's included."""
 import math
 import os
 
 from vaestudy.files import save_figure
 from vaestudy.metrics import METRICS
-from vaestudy.report import beta_of, beta_sweep
 from vaestudy.runs import group_label, variant_folder, variant_label
+from vaestudy.stats import beta_of, beta_sweep
 
 
 def latent_axis(ax, latents):

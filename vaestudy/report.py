@@ -1,93 +1,12 @@
-"""Everything that needs only a results.json: the summary over seeds, the latent-size selection, the
-published numbers set beside ours, and every table of results.md (plots.py draws the numbers)."""
-import torch
+"""Every table of results.md, and the README's and the docs' tables, from a results.json's summary
+(stats.py makes it; published.py holds the numbers set beside it; plots.py draws them)."""
 
 from models import ModelConfig
 from vaestudy.data import N_VAL
-from vaestudy.metrics import METRICS
-from vaestudy.runs import STUDY_EPOCHS, TrainConfig, group_label, variant_flags
-
-TOLERANCE = 0.02  # "within 2% of the best": how much error we trade for a smaller code
-N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as many as test images
-# The study's test results per latent size: Autoencoder MSE (ReLU on its code), VAE MSE with one
-# sampled z, VAE KL per image (nats). Derived from the per-digit test results its authors published
-# with their code (github.com/kianzohoury/VAE, output/{Autoencoder,VAE}/class_results_test.pkl),
-# weighted by the test set's digit counts.
-STUDY = {2: (0.0497, 0.0391, 5.14), 5: (0.0285, 0.0275, 8.49), 10: (0.0284, 0.0241, 9.76),
-         20: (0.0134, 0.0235, 10.12), 50: (0.0086, 0.0242, 10.01), 100: (0.0085, 0.0256, 9.40)}
-# Published test NLLs (nats per image) set beside this repository's (likelihood_table): model,
-# source, data, architecture (encoder widths, the latent size last; decoders mirror them),
-# training, importance samples k, NLL.
-BURDA = "Burda et al. 2016, Table 1"
-LITERATURE = (
-    ("VAE", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 86.76),
-    ("IWAE, K = 5", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 85.54),
-    ("IWAE, K = 50", BURDA, "dynamic binarization", "784-200-200-50, tanh", "3,280 passes", 5000, 84.78),
-    # github.com/clementchadebec/benchmark_VAE, examples/scripts/reproducibility (vae.py and its README,
-    # "89.78 (0.01)", against 89.9 in Rezende and Mohamed 2015): Larochelle and Murray's fixed
-    # binarization of other splits, not the dynamic protocol's data; those scripts do not include the
-    # VAE's training settings, so its 500 epochs are as quoted, not checked
-    ("VAE", "pythae's reproduction", "static binarization", "784-400-40, ReLU", "500 epochs", 200, 89.78),
-)
-REFERENCE_NLL = LITERATURE[0][-1]  # the one-layer VAE of Burda et al.: what a plain VAE should reach
-
-BY_KEY = {m.key: m for m in METRICS}  # each metric's declaration (metrics.METRICS), by its results.json name
-
-
-def mean_std(values):
-    if not values or any(v is None for v in values):
-        return None, None
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
-
-
-def summarize(entries):
-    """Per model, variant and latent size: mean and standard deviation over seeds of every metric.
-    Entries differ within a group in their seed only (runs.py, checkpoints.py), so no spread mixes two settings."""
-    groups = {}
-    for e in entries:
-        groups.setdefault((e["model"], e["variant"] != "default", e["variant"], e["latent"]), []).append(e)
-    summary = []
-    for (model, _, label, latent), group in sorted(groups.items()):
-        group.sort(key=lambda e: e["seed"])
-        row = {"model": model, "variant": label, "settings": group[0]["settings"], "latent": latent,
-               "seeds": [e["seed"] for e in group]}
-        for m in METRICS:
-            row[m.key], row[m.key + "_std"] = mean_std([m.value(e) for e in group])
-        # each seed's own value where a range or a count per run tells more than mean and spread
-        row["by_seed"] = {key: [BY_KEY[key].value(e) for e in group] for key in ("test_mse", "dead_units")
-                          if BY_KEY[key].value(group[0]) is not None}
-        row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
-        row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
-        if "nll_precision" in group[0]:  # bf16: said where it was used, absent (fp32) elsewhere
-            row["nll_precision"] = group[0]["nll_precision"]
-        per_digit = [mean_std([e["test"]["mse_per_digit"][d] for e in group]) for d in range(10)]
-        row["test_mse_per_digit"], row["test_mse_per_digit_std"] = map(list, zip(*per_digit))
-        summary.append(row)
-    return summary
-
-
-def select_latent(val_mse, tolerance=TOLERANCE):
-    """From {latent: validation MSE}, the lowest and the smallest latent size within tolerance of it."""
-    scored = {latent: mse for latent, mse in val_mse.items() if mse is not None}
-    if not scored:
-        return None, None
-    lowest = min(scored, key=scored.get)
-    within = min(latent for latent, mse in scored.items() if mse <= scored[lowest] * (1 + tolerance))
-    return lowest, within
-
-
-def selections(summary, tolerance=TOLERANCE):
-    """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)"."""
-    chosen = {}
-    for row in summary:
-        key = group_label(row["model"], row["variant"])
-        if key not in chosen:
-            rows = [r for r in summary if (r["model"], r["variant"]) == (row["model"], row["variant"])]
-            lowest, within = select_latent({r["latent"]: r["val_mse"] for r in rows}, tolerance)
-            chosen[key] = {"model": row["model"], "variant": row["variant"], "lowest_val_mse": lowest,
-                           "selected": within, "val_mse": {r["latent"]: r["val_mse"] for r in rows}}
-    return chosen
+from vaestudy.metrics import METRICS, N_GENERATED
+from vaestudy.published import LITERATURE, REFERENCE_NLL, STUDY
+from vaestudy.runs import STUDY_EPOCHS, TrainConfig, variant_flags
+from vaestudy.stats import TOLERANCE, beta_of, beta_sweep
 
 
 def fmt(value, spread=None, digits=4):
@@ -193,24 +112,6 @@ def selection_lines(chosen, summary, tolerance=TOLERANCE):
     return lines
 
 
-def beta_of(row):
-    return float(row["settings"].get("beta", 1.0))
-
-
-def beta_sweep(summary):
-    """The VAE rows that differ from one another in beta alone, with the settings they share, for
-    the rate-distortion figure: the study's settings where they have two betas or more, else the
-    first settings that do. ([], None) when no settings have two betas."""
-    sweeps = {}
-    for r in summary:
-        if r["model"] == "VAE" and r["test_kl"] is not None:
-            shared = {k: v for k, v in r["settings"].items() if k != "beta"}
-            sweeps.setdefault(repr(shared), (shared, []))[1].append(r)
-    usable = [(shared, rows) for shared, rows in sweeps.values() if len({beta_of(r) for r in rows}) > 1]
-    usable.sort(key=lambda s: s[0] != {})
-    return (usable[0][1], usable[0][0]) if usable else ([], None)
-
-
 def rate_distortion_table(summary):
     """The beta sweep's rows (beta_sweep) as rate, distortion and active units, by beta then latent
     size; "" when there is no sweep."""
@@ -300,9 +201,9 @@ def report(results):
         comparison = (f"left out: the runs of the study's configuration here were trained for "
                       f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study's for "
                       f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
-    for heading, table in (("Against the study's published test results (vaestudy.report.STUDY)", comparison),
+    for heading, table in (("Against the study's published test results (vaestudy.published.STUDY)", comparison),
                            ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),
-                           ("Test NLL beside published models (vaestudy.report.LITERATURE)",
+                           ("Test NLL beside published models (vaestudy.published.LITERATURE)",
                             likelihood_table(summary))):
         if table:
             text += f"\n{heading}:\n\n{table}"

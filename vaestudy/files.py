@@ -1,9 +1,7 @@
 """Files written whole or not at all: checkpoints, results and figures; and the versions they record."""
 import os
 import tempfile
-
-import torch
-import torchvision
+from importlib.metadata import version
 
 from vaestudy.cli import UserError
 
@@ -34,7 +32,10 @@ def atomic_write(path, write, mode="wb"):
 
 
 def versions():
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    import torch  # loaded already wherever a file is saved; here, so that this module loads without it
+
+    # torchvision's from its metadata: importing it costs seconds, and only its version is needed
+    return {"torch": str(torch.__version__), "torchvision": version("torchvision")}
 
 
 def save_figure(fig, path, **kwargs):

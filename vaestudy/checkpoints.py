@@ -140,21 +140,32 @@ def load_checkpoint(path, device="cpu"):
 @contextlib.contextmanager
 def run_lock(path):
     """Hold an exclusive lock on a run's checkpoint while training it, so that two processes never
-    write the same file. The OS drops the lock when its holder dies, even by SIGKILL."""
+    write the same file. The OS drops the lock when its holder dies, even by SIGKILL; a run that ends
+    removes its lock file."""
     lock_path = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
-    try:
-        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise UserError(f"cannot write to {os.path.dirname(lock_path) or '.'}: {e.strerror}")
-    try:
+    while True:
+        try:
+            os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write to {os.path.dirname(lock_path) or '.'}: {e.strerror}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise UserError(f"another process is training {path} right now; wait for it or use another --out")
+        try:  # a holder that ended removed the file we opened before we locked it: lock the one at the path
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
-        os.close(fd)  # closing releases the lock; the empty lock file stays, as deleting it would race
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)  # before the lock goes, so that no one locks a file that is gone
+        os.close(fd)
 
 
 class Run(NamedTuple):

@@ -5,12 +5,13 @@ accuracy on reconstructions and its penultimate features for a Frechet distance 
 analogue of FID).
 """
 import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vaestudy.cli import UserError, progress
+from vaestudy.cli import Progress, UserError
 from vaestudy.files import atomic_write, versions
 
 CLASSIFIER_FORMAT = "mnist-vae-study/classifier/1"
@@ -54,15 +55,19 @@ def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.6)
     generator = torch.Generator().manual_seed(seed)
-    for _ in progress(iterable=range(epochs), desc="digit classifier", unit="epoch", leave=False):
-        model.train()
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        for idx in order.split(batch_size):
-            loss = F.cross_entropy(model(x[idx]), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        schedule.step()
+    n_batches = -(-len(x) // batch_size)
+    with Progress(epochs * n_batches, f"training the digit classifier, {epochs} epochs", "batch",
+                  estimate_after_s=5) as bar:
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(x), generator=generator).to(x.device)
+            for idx in order.split(batch_size):
+                loss = F.cross_entropy(model(x[idx]), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.update(1)
+            schedule.step()
     return model.eval()
 
 
@@ -80,6 +85,8 @@ def load_or_train(path, splits, split_seed, epochs=6):
         if ckpt["split_seed"] != split_seed:
             raise UserError(f"{path} was trained on split seed {ckpt['split_seed']}, not {split_seed}: delete it")
         return model.eval(), ckpt["test_accuracy"]
+    print(f"no digit classifier at {path}: training one, once (it judges every run's reconstructions)",
+          file=sys.stderr, flush=True)
     model = train_classifier(*splits["train"], epochs=epochs)
     test_accuracy = accuracy(model, *splits["test"])
     checkpoint = {"format": CLASSIFIER_FORMAT, "model": model.state_dict(), "split_seed": split_seed,

@@ -17,6 +17,9 @@ shuffle); then the CPU's bf16 units (or the GPU) and the peak memory, all writte
 --nll-checkpoint instead measures metrics.log_px in fp32 and in bf16 on the first --nll-images test
 images. A benchmark, not a test: CI never runs it.
 """
+import vaestudy.cli  # noqa: F401  first: Ctrl-C during the seconds the imports below take is one line
+
+# isort: split
 import json
 import platform
 import resource
@@ -25,12 +28,10 @@ import time
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from torchvision import transforms
-from torchvision.datasets import MNIST
 
 from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
 from vaestudy.checkpoints import load_run
-from vaestudy.cli import ArgumentParser, UserError, add_place_flags, run_cli
+from vaestudy.cli import ArgumentParser, UserError, add_place_flags, import_torchvision, run_cli
 from vaestudy.data import ensure_mnist, load_splits, split_indices
 from vaestudy.device import check_precision, flush_subnormals, pick_device
 from vaestudy.files import atomic_write
@@ -202,7 +203,8 @@ def time_shares(events, on_gpu):
 
 def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed):
     """The study's input pipeline: PIL images through ToTensor, batched and shuffled by DataLoader."""
-    dataset = MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    torchvision = import_torchvision()  # only here: the study's reference loop is torchvision's
+    dataset = torchvision.datasets.MNIST(data_dir, train=True, transform=torchvision.transforms.ToTensor())
     train_idx, _ = split_indices(len(dataset), split_seed)
     loader = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=batch, shuffle=True,
                         generator=torch.Generator().manual_seed(generator_seed))

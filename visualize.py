@@ -4,6 +4,9 @@
 
 A variant of the study (vaestudy/runs.py) gets the same figures in its own folder, e.g. output/VAE/beta_0.5/.
 """
+import vaestudy.cli  # noqa: F401  first: Ctrl-C during the seconds the imports below take is one line
+
+# isort: split
 import glob
 import json
 import os
@@ -14,12 +17,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import torch
-from torchvision.utils import make_grid
 
 from models import MODEL_NAMES
 from vaestudy import explorer_page
 from vaestudy.checkpoints import load_runs
-from vaestudy.cli import ArgumentParser, UserError, add_place_flags, check_seeds, run_cli
+from vaestudy.cli import (
+    ArgumentParser,
+    UserError,
+    add_place_flags,
+    check_seeds,
+    import_torchvision,
+    next_steps,
+    run_cli,
+)
 from vaestudy.data import load_splits
 from vaestudy.device import pick_device
 from vaestudy.files import save_figure
@@ -85,6 +95,7 @@ def plot_train_val(name, runs, path):
 def show_grid(ax, images, nrow, title=None, row_labels=None):
     """Images (N, 784) in [0, 1] as a make_grid picture on ax, optionally labelling each row."""
     pad = 2
+    make_grid = import_torchvision().utils.make_grid  # imported here: torchvision takes seconds to import
     grid = make_grid(images.reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=pad, pad_value=1.0)
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([])
@@ -293,8 +304,14 @@ def main(argv=None):
     chosen = explorer_page.page_runs(groups, selected)
     page = os.path.join(args.out, "explorer.html")
     size = chosen and explorer_page.write_page(chosen, splits_by_seed[chosen[0][0].train.split_seed]["test"], page)
-    print(f"wrote figures under {', '.join(folders)}" +
-          (f", and {page} ({size / 2**20:.1f} MB; open it in a browser)" if size else ""))
+    print(f"wrote figures under {', '.join(folders)}" + (f", and {page} ({size / 2**20:.1f} MB)" if size else ""))
+    results = os.path.join(args.out, "results.md")
+    opened = ([f"{page}   the latent explorer: open it in a browser, drag through the latent space"] if size else [])
+    opened += [f"{os.path.join(f, 'decoding_grid.jpg')}   what its decoder draws" for f in folders]
+    opened += [f"{os.path.join(f, 'comparison_1.jpg')}   test digits beside their reconstructions" for f in folders]
+    opened.append(f"{results}   every measurement" if os.path.exists(results)
+                  else f"python evaluate.py   measures every run into {results}")
+    next_steps(*opened)
 
 
 if __name__ == "__main__":

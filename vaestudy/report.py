@@ -1,5 +1,7 @@
 """Every table of results.md, and the README's and the docs' tables, from a results.json's summary
-(stats.py makes it; published.py holds the numbers set beside it; plots.py draws them)."""
+(stats.py makes it; published.py holds the numbers set beside it; plots.py draws them); and the
+short summary evaluate.py prints."""
+import textwrap
 
 from models import ModelConfig
 from vaestudy.data import N_VAL
@@ -49,10 +51,14 @@ def markdown_tables(summary):
     return "\n".join(lines) + "\n"
 
 
+HEADLINE_LABELS = {"test_mse_sampled": "MSE, sampled z"}  # shorter, so that the README's lines fit 100 columns
+
+
 def headline_table(summary):
     """The README's table: the study's configuration, a few columns, mean ± spread over seeds."""
     columns = [m for m in METRICS if m.headline]
-    lines = ["| " + " | ".join(["model", "latent", "seeds"] + [m.label for m in columns]) + " |",
+    lines = ["| " + " | ".join(["model", "latent", "seeds"] + [HEADLINE_LABELS.get(m.key, m.label) for m in columns])
+             + " |",
              "|" + "---|" * (3 + len(columns))]
     for r in summary:
         if r["variant"] == "default":
@@ -184,6 +190,45 @@ def terms(summary):
     return "\nTerms:\n\n" + "".join(f"- **{m.label}**: {m.glossary}{better[m.lower_is_better]}\n" for m in shown)
 
 
+def short_runs_note(summary):
+    """What runs of the study's configuration shorter than the study's can show, or "" when none is."""
+    short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
+    if not short:
+        return ""
+    return (f"Short runs: the study's configuration trained for "
+            f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))} here, the study's for "
+            f"{STUDY_EPOCHS}. Such runs check that every step works; their errors, reconstructions and selected "
+            "latent sizes are not the study's (results/study/results.md has 50-epoch runs of every size).")
+
+
+# the columns evaluate.py prints, with short headings so that a row fits a terminal's 100 columns
+PRINTED = {"test_mse": "test MSE", "test_mse_sampled": "sampled z", "test_kl": "KL", "active_units": "active",
+           "test_nll": "NLL", "classifier_accuracy": "classifier"}
+
+
+def printed_summary(results, width=100):
+    """What evaluate.py prints: per model and variant its selection and a narrow table of means (the
+    number of seeds beside them); results.md has every column and spread, and its terms say what
+    each is."""
+    summary = results["summary"]
+    columns = [m for m in METRICS if m.key in PRINTED and any(r.get(m.key) is not None for r in summary)]
+    lines = []
+    for name, chosen in results["selection"].items():
+        rows = [r for r in summary if (r["model"], r["variant"]) == (chosen["model"], chosen["variant"])]
+        lines.append("")
+        lines += textwrap.wrap(selection_lines({name: chosen}, summary)[0], width, subsequent_indent="  ")
+        head = ["latent", "seeds", "epochs"] + [PRINTED[m.key] for m in columns]
+        cells = [[str(r["latent"]), str(len(r["seeds"])), epochs_text(r.get("epochs"))]
+                 + [fmt(r.get(m.key), digits=m.digits) for m in columns] for r in rows]
+        widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head))]
+        for row in [head] + cells:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    note = short_runs_note(summary)
+    if note:
+        lines += [""] + textwrap.wrap(note, width)
+    return "\n".join(lines).lstrip("\n")
+
+
 def report(results):
     """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
     summary, info = results["summary"], results["classifier"]
@@ -194,7 +239,9 @@ def report(results):
                      f"{fmt(info['frechet_floor_val_vs_test'], digits=2)} "
                      f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
                      "finite-sample bias, so a floor set a little high)")
-    text = markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes) + "\n" + terms(summary)
+    note = short_runs_note(summary)
+    text = (f"{note}\n\n" if note else "") + markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes)
+    text += "\n" + terms(summary)
     comparison = study_table(summary)
     short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
     if not comparison and short:

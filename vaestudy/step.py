@@ -32,15 +32,18 @@ def make_step(model, optimizer, train, compiled=False):
     return step
 
 
-def train_epoch(step, x, batch_size, generator):
+def train_epoch(step, x, batch_size, generator, batch_done=None):
     """One pass over x in a random order; returns per-batch [loss, squared error sum, KL sum].
 
     The statistics stay on the device and are read once per epoch: reading them per batch
-    would make the host wait for the accelerator at every step.
+    would make the host wait for the accelerator at every step. batch_done(1), if given, is called
+    after each batch is queued (a progress bar's update), with nothing read from the device.
     """
     order = torch.randperm(len(x), generator=generator).to(x.device)
     n_batches = -(-len(x) // batch_size)
     stats = torch.empty(n_batches, 3, device=x.device)
     for b in range(n_batches):
         stats[b] = step(x[order[b * batch_size:(b + 1) * batch_size]])
+        if batch_done is not None:
+            batch_done(1)
     return stats

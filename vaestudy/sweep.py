@@ -10,7 +10,7 @@ import time
 import torch
 
 from vaestudy.checkpoints import epochs_done
-from vaestudy.cli import UserError, on_terminal, progress
+from vaestudy.cli import UserError, import_torchvision, on_terminal, progress
 
 
 class Stopped(Exception):
@@ -59,10 +59,12 @@ class Sweep:
         self.bar = progress(total=epochs_left, desc="sweep", unit="epoch", position=0)
         self.finished = 0  # epochs of the current run finished by this process
 
-    def run_bar(self, i, name, start_epoch, epochs):
+    def run_bar(self, i, name, start_epoch, epochs, n_batches):
+        """The run's own bar, in batches, so that it moves within an epoch."""
         self.place, self.finished = f"run {i + 1} of {self.n_runs}", 0
         self.bar.set_description(self.place)
-        return progress(total=epochs, initial=start_epoch, desc=name, unit="epoch", position=1, leave=False)
+        return progress(total=epochs * n_batches, initial=start_epoch * n_batches, desc=name, unit="batch",
+                        position=1, leave=False)
 
     def epoch_done(self, line):
         self.done, self.finished = self.done + 1, self.finished + 1
@@ -94,13 +96,12 @@ class LiveView:
         for key, values in history.items():
             self.writer.add_scalar(key.replace("_", "/", 1) if key != "seconds" else key, values[-1], epoch)
         if epoch % GRID_EVERY == 0 or epoch == self.epochs:
-            from torchvision.utils import make_grid
-
             from vaestudy.metrics import reconstruct
             was_training = model.training
             both = torch.cat([images, reconstruct(model, images)]).reshape(-1, 1, 28, 28).clamp(0, 1)
             model.train(was_training)
-            self.writer.add_image("reconstructions", make_grid(both.cpu(), nrow=len(images)), epoch)
+            grid = import_torchvision().utils.make_grid(both.cpu(), nrow=len(images))
+            self.writer.add_image("reconstructions", grid, epoch)
 
     def close(self):
         self.writer.close()

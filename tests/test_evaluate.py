@@ -12,7 +12,7 @@ import evaluate
 import train
 import visualize
 from models import ModelConfig, build_model
-from vaestudy import report, stats
+from vaestudy import evaluation, report, stats
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
 
@@ -282,8 +282,8 @@ def test_a_degenerate_autoencoder_code_is_one_line_in_visualize(mnist_dir, outpu
 def test_evaluate_measures_only_what_changed(mnist_dir, outputs, monkeypatch):
     first = run_evaluate(mnist_dir, outputs)
     measured = []
-    measure_run = evaluate.measure_run
-    monkeypatch.setattr(evaluate, "measure_run", lambda run, *a: measured.append(run.path) or measure_run(run, *a))
+    measure_run = evaluation.measure_run
+    monkeypatch.setattr(evaluation, "measure_run", lambda run, *a: measured.append(run.path) or measure_run(run, *a))
     assert run_evaluate(mnist_dir, outputs) == first and measured == [], "nothing changed: nothing measured"
     changed = outputs / "VAE" / VARIANT / "VAE_latent_3.pt"
     ckpt = torch.load(changed, weights_only=True)

@@ -17,7 +17,7 @@ import bench
 import evaluate
 import train
 from models import cuda_tf32, tf32_enabled
-from vaestudy import launch
+from vaestudy import evaluation, launch, training
 from vaestudy.checkpoints import load_checkpoint, load_run, restore_rng_state, rng_state
 from vaestudy.cli import UserError
 from vaestudy.device import check_precision
@@ -78,7 +78,7 @@ def test_a_cpu_runs_random_state_leaves_cuda_alone(monkeypatch):
 def test_a_finished_run_is_skipped_before_its_state_is_restored(mnist_dir, tmp_path, monkeypatch, capsys):
     """The restore ran before the "already trained" check, so a failing restore failed finished runs too."""
     tiny_run(mnist_dir, tmp_path, "--epochs", "1")
-    monkeypatch.setattr(train, "restore_rng_state", lambda *a: pytest.fail("restored a finished run's state"))
+    monkeypatch.setattr(training, "restore_rng_state", lambda *a: pytest.fail("restored a finished run's state"))
     train.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--model", "vae", *TINY, "--epochs", "1", "--resume"])
     assert "skipped" in capsys.readouterr().out
 
@@ -150,7 +150,7 @@ def test_tf32_is_trainings_alone_and_the_callers_setting_comes_back(mnist_dir, t
     float32 even when its caller had TF32 on (bench.py timed another float32 than train.py's, and
     TF32 stayed on in the process after training)."""
     seen = {"train": set(), "bench": set(), "evaluate": set()}
-    for module, name in ((train, "train"), (bench, "bench")):
+    for module, name in ((training, "train"), (bench, "bench")):
         def watched(*args, _make=module.make_step, _name=name, **kwargs):
             step = _make(*args, **kwargs)
 
@@ -159,8 +159,8 @@ def test_tf32_is_trainings_alone_and_the_callers_setting_comes_back(mnist_dir, t
                 return step(x)
             return stepped
         monkeypatch.setattr(module, "make_step", watched)
-    measure_run = evaluate.measure_run
-    monkeypatch.setattr(evaluate, "measure_run", lambda *a,
+    measure_run = evaluation.measure_run
+    monkeypatch.setattr(evaluation, "measure_run", lambda *a,
                         **k: seen["evaluate"].add(tf32_enabled()) or measure_run(*a, **k))
     before = tf32_enabled()
     tiny_run(mnist_dir, tmp_path, "--epochs", "1")
@@ -230,8 +230,8 @@ def test_a_measurement_made_on_one_device_is_not_reused_on_another(mnist_dir, tm
     """The cache key had no device: a GPU evaluation, whose random streams differ, reused CPU figures."""
     run = load_run(str(tiny_run(mnist_dir, tmp_path, "--epochs", "1")))
     args = evaluate.get_args(["--out", str(tmp_path)])
-    on_cpu = evaluate.measurement_key(run, args, torch.device("cpu"), None)
+    on_cpu = evaluation.measurement_key(run, args, torch.device("cpu"), None)
     assert "device" not in on_cpu, "the CPU's key is as it was before devices were keyed, so those caches still count"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
-    on_gpu = evaluate.measurement_key(run, args, torch.device("cuda"), None)
+    on_gpu = evaluation.measurement_key(run, args, torch.device("cuda"), None)
     assert on_gpu == {**on_cpu, "device": "NVIDIA H200"}

@@ -9,7 +9,7 @@ import pytest
 
 import train
 import visualize
-from vaestudy import plots
+from vaestudy import plots, training
 from vaestudy.checkpoints import Run
 from vaestudy.cli import UserError
 
@@ -53,7 +53,7 @@ def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(mnist_dir, tmp_pat
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "train_epoch", interrupted)
+    monkeypatch.setattr(training, "train_epoch", interrupted)
     with pytest.raises(UserError, match="interrupted before the first epoch of .*VAE_latent_2.pt ended: nothing of "
                                         "that run was saved"):
         train.main(["--model", "vae", "--latent", "2", "--epochs", "3", *TINY, "--data-dir", mnist_dir,

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import train
+from vaestudy import training
 
 # Every way a tensor's value reaches Python, each of which makes the host wait for an accelerator:
 # item/tolist/numpy, float()/int()/bool() (and so `if t:`), and copies to the CPU.
@@ -44,7 +45,7 @@ def test_host_reads_do_not_grow_with_batches(monkeypatch, mnist_dir, tmp_path):
 @pytest.mark.parametrize("read", [lambda loss: loss.item(), float, bool, lambda loss: loss.numpy(),
                                   lambda loss: loss.to("cpu")], ids=["item", "float", "bool", "numpy", "to-cpu"])
 def test_the_count_catches_a_loop_that_reads_its_loss_per_batch(monkeypatch, mnist_dir, tmp_path, read):
-    make_step = train.make_step
+    make_step = training.make_step
 
     def reading_step(*a, **k):
         step = make_step(*a, **k)
@@ -55,8 +56,8 @@ def test_the_count_catches_a_loop_that_reads_its_loss_per_batch(monkeypatch, mni
             return stats
         return stepped
 
-    monkeypatch.setattr(train, "make_step", reading_step)
+    monkeypatch.setattr(training, "make_step", reading_step)
     one_batch = count_host_reads(monkeypatch, mnist_dir, tmp_path / "a", batch_size=512)
-    monkeypatch.setattr(train, "make_step", reading_step)
+    monkeypatch.setattr(training, "make_step", reading_step)
     many_batches = count_host_reads(monkeypatch, mnist_dir, tmp_path / "b", batch_size=16)
     assert many_batches > one_batch

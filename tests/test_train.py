@@ -120,9 +120,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_importing_train_flushes_subnormals(tmp_path):
-    """train.py turns on flush-to-zero on import, before PyTorch starts its threads: subnormals read as 0."""
-    code = ("import sys, torch, train; "
+def test_importing_the_training_flushes_subnormals(tmp_path):
+    """The training (vaestudy/training.py, which train.py imports once its flags are read) turns on
+    flush-to-zero on import, before PyTorch starts its threads: subnormals read as 0."""
+    code = ("import sys, torch, vaestudy.training; "
             "x = torch.full((4096,), 1e-30); print(float((x * 1e-9).sum()), float((x * 1e-6).sum()) > 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

@@ -102,6 +102,10 @@ def progress(**kwargs):
     return tqdm(disable=not on_terminal(), dynamic_ncols=True, **kwargs)
 
 
+def plural(unit):
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
+
+
 def duration(seconds):
     """45 s, 3 min 20 s, 1 h 12 min."""
     seconds = max(0, round(seconds))
@@ -133,14 +137,14 @@ class Progress:
         if not self.estimated and now - self.start >= self.estimate_after_s and self.done < self.total:
             self.estimated = True
             whole = left + now - self.start
-            line = (f"{self.desc}: {self.total:,} {self.unit}s, about {duration(whole)} "
+            line = (f"{self.desc}: {self.total:,} {plural(self.unit)}, about {duration(whole)} "
                     f"(timed on the first {self.done:,})")
             if self.hint and whole > self.hint_over_s:
                 line += f"; {self.hint}"
             self.write(line)
         elif not on_terminal() and now - self.last_line >= self.every_s and self.done < self.total:
             self.last_line = now
-            self.write(f"{self.desc}: {self.done:,} of {self.total:,} {self.unit}s, about {duration(left)} left")
+            self.write(f"{self.desc}: {self.done:,} of {self.total:,} {plural(self.unit)}, about {duration(left)} left")
 
     def write(self, line):
         self.bar.write(line, file=sys.stderr) if on_terminal() else print(line, file=sys.stderr, flush=True)

@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-import visualize
 from models import ModelConfig, build_model
-from vaestudy import classifier, metrics
+from vaestudy import classifier, figures, metrics
 from vaestudy.checkpoints import Run
 
 
@@ -108,7 +107,7 @@ def test_latent_space_figure(tmp_path, latents):
     torch.manual_seed(0)
     runs = [Run(None, {}, build_model(ModelConfig(latent=n, hidden=(16,)))) for n in latents]
     x, labels = torch.rand(300, 784), torch.arange(300) % 10
-    visualize.plot_latent_space("VAE", runs, x, labels, str(tmp_path / "latent_space.jpg"))
+    figures.plot_latent_space("VAE", runs, x, labels, str(tmp_path / "latent_space.jpg"))
     with Image.open(tmp_path / "latent_space.jpg") as image:
         assert image.format == "JPEG" and image.size == (420 * len(latents), 450)
 

@@ -25,7 +25,7 @@ def run(script, *args, **kwargs):
                           cwd=ROOT, **kwargs)
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "explorer.py"])
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "visualize.py", "explorer.py"])
 def test_help_and_a_flag_mistake_import_no_pytorch(script):
     """PyTorch alone takes about 2 s to import here: --help and a mistyped flag answer before it."""
     for flags, code in ((["--help"], 0), (["--no-such-flag"], 2)):

@@ -8,8 +8,7 @@ import sys
 import pytest
 
 import train
-import visualize
-from vaestudy import plots, training
+from vaestudy import figures, plots, training
 from vaestudy.checkpoints import Run
 from vaestudy.cli import UserError
 
@@ -132,10 +131,10 @@ def fake_runs(epochs, seeds):
 
 def test_curves_read_well_for_a_short_sweep(monkeypatch, tmp_path):
     drawn = {}
-    monkeypatch.setattr(visualize, "save_figure", lambda fig, path: drawn.setdefault(os.path.basename(path), fig))
-    visualize.plot_curves({2: fake_runs(2, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "one.jpg"))
-    visualize.plot_curves({2: fake_runs(3, 2)}, "val_mse", "MSE", "VAE", str(tmp_path / "two.jpg"))
-    visualize.plot_curves({2: fake_runs(20, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "long.jpg"))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.setdefault(os.path.basename(path), fig))
+    figures.plot_curves({2: fake_runs(2, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "one.jpg"))
+    figures.plot_curves({2: fake_runs(3, 2)}, "val_mse", "MSE", "VAE", str(tmp_path / "two.jpg"))
+    figures.plot_curves({2: fake_runs(20, 1)}, "val_mse", "MSE", "VAE", str(tmp_path / "long.jpg"))
     one, two, long = (drawn[f"{name}.jpg"].axes[0] for name in ("one", "two", "long"))
     assert all(float(v).is_integer() for v in one.get_xticks()), "whole epochs"
     assert (one.get_yscale(), long.get_yscale()) == ("linear", "log"), "log only where the error falls 3-fold"

@@ -14,6 +14,7 @@
     published            the study's and the literature's numbers that ours are set beside
     report               every table of results.md and of the docs
     plots                the plots of the numbers
+    figures              the figures of the checkpoints: curves, reconstructions, decodings (visualize.py)
     launch               a sweep as jobs through submitit (train.py --launcher)
     explorer_page        the latent explorer's data, into its template explorer.html
 

@@ -16,7 +16,11 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _interrupted_while_starting(signum, frame):
-    sys.exit("interrupted")  # raised wherever the imports are, and printed as this one line
+    # exit here and now: an exception raised inside an import that C++ code runs (PyTorch's) aborts
+    # the process instead, and nothing has been done yet that an exit would lose
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 # Ctrl-C while one of the repository's scripts is still importing (PyTorch takes seconds) is one line

@@ -35,7 +35,7 @@ from vaestudy.cli import ArgumentParser, UserError, add_place_flags, import_torc
 from vaestudy.data import ensure_mnist, load_splits, split_indices
 from vaestudy.device import check_precision, flush_subnormals, pick_device
 from vaestudy.files import atomic_write
-from vaestudy.metrics import log_px, per_image_errors
+from vaestudy.metrics import chunk_rows, log_px, per_image_errors
 from vaestudy.runs import TrainConfig, defines_likelihood
 from vaestudy.step import make_optimizer, make_step, train_epoch
 
@@ -228,7 +228,8 @@ def time_epochs(args, device):
           f"batch {args.batch_size}, {len(train_x)} images/epoch, {device} ({cpu_name()}), "
           f"{torch.get_num_threads()} threads; bf16 hardware: {result['bf16_hardware']}")
     for precision in args.precision:
-        train = TrainConfig(batch_size=args.batch_size, precision=precision)
+        train = TrainConfig(batch_size=args.batch_size, precision=precision, iw_samples=args.iw_samples,
+                            **({"recon": "bce", "binarize": True} if args.iw_samples > 1 else {}))
         model, epoch, times = loop_epoch(config, train, train_x, val_x, args.compile)
         epoch_s, runs = median_seconds(epoch, args.repeats, device)
         trained, validated = statistics.median(times["train"][1:]), statistics.median(times["val"][1:])
@@ -260,28 +261,97 @@ def time_epochs(args, device):
     return result
 
 
+def nll_shapes(model, n_images, k, batch_size, draws):
+    """Every matmul of metrics.log_px over n_images at k as ((rows, n_in, n_out), calls): the encoder
+    once per batch of images, the decoder once per chunk of draws of each batch."""
+    def layers(seq):
+        return [(m.in_features, m.out_features) for m in seq if isinstance(m, torch.nn.Linear)]
+    calls = {}
+    for images in [batch_size] * (n_images // batch_size) + ([n_images % batch_size] if n_images % batch_size else []):
+        for n_in, n_out in layers(model.encoder):
+            calls[images, n_in, n_out] = calls.get((images, n_in, n_out), 0) + 1
+        for n in [draws] * (k // draws) + ([k % draws] if k % draws else []):
+            for n_in, n_out in layers(model.decoder):
+                calls[n * images, n_in, n_out] = calls.get((n * images, n_in, n_out), 0) + 1
+    return calls
+
+
+def nll_roofline(model, n_images, k, precision, device, batch_size=100):
+    """Seconds of the estimate's matmuls alone, and their FLOPs: each distinct shape timed over
+    back-to-back calls for about a second (this CPU's rate drifts by a fifth over seconds of load),
+    in `precision`, times the calls the estimate makes of it."""
+    draws = max(1, chunk_rows(max(model.config.hidden + (model.config.input_dim,)), device)
+                // min(batch_size, n_images))
+    dtype, seconds_total, flops = DTYPES[precision], 0.0, 0
+    for (rows, n_in, n_out), calls in nll_shapes(model, n_images, k, batch_size, draws).items():
+        a, w = torch.randn(rows, n_in, device=device, dtype=dtype), torch.randn(n_out, n_in, device=device, dtype=dtype)
+        bias, out = torch.randn(n_out, device=device, dtype=dtype), torch.empty(rows, n_out, device=device, dtype=dtype)
+        once = seconds(lambda: torch.addmm(bias, a, w.t(), out=out), device)
+        repeat = max(1, min(calls, int(1.0 / max(once, 1e-6))))
+        seconds_total += calls * back_to_back_seconds(lambda: torch.addmm(bias, a, w.t(), out=out), device, repeat, 1)
+        flops += calls * 2 * rows * n_in * n_out
+    return seconds_total, flops, draws
+
+
+def nll_profile(model, x, k, precision):
+    """Where one batch's estimate spends its time (torch.profiler), as time_shares reports it."""
+    from torch.profiler import ProfilerActivity, profile
+    log_px(model, x, k, precision=precision)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        log_px(model, x, k, precision=precision)
+        sync(x.device)
+    return time_shares(prof.key_averages(), x.device.type == "cuda")
+
+
+def elementwise_ns(device, n=2**21):
+    """Nanoseconds per element of the passes the Bernoulli log-likelihood could be made of, on a
+    float32 tensor of n elements (8 MiB) back to back: why models.bernoulli_log_likelihood uses log
+    and exp rather than log1p or softplus."""
+    x, out = torch.randn(n, device=device) * 4, torch.empty(n, device=device)
+    ops = {"exp": lambda: torch.exp(x, out=out), "log": lambda: torch.log(x.abs(), out=out),
+           "log1p": lambda: torch.log1p(x.abs(), out=out), "softplus": lambda: torch.nn.functional.softplus(x)}
+    return {name: back_to_back_seconds(op, device, 10, 3) / n * 1e9 for name, op in ops.items()}
+
+
 def nll_precision(args, device):
     """log p(x) at k = --nll-samples on the first --nll-images binarized test images, in fp32 and in
-    bf16 from the same draws: the per-image difference of the NLL estimates, and each one's time."""
+    bf16 from the same draws: each one's time per 1,000 images against its matmul roofline, a
+    profile of one batch, and the per-image difference of the two estimates."""
     run = load_run(args.nll_checkpoint, device)
     if not defines_likelihood(run.config, run.train):
         raise UserError(f"{args.nll_checkpoint} has no likelihood to estimate: it needs --recon bce --binarize")
     x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False,
                     binarize=True)["test"][0][:args.nll_images]
-    nll, took = {}, {}
+    nll, took, result = {}, {}, {}
     for precision in ("fp32", "bf16"):
         def estimate():
             nll[precision] = -log_px(run.model, x, args.nll_samples, seed=0, precision=precision).double()
         took[precision] = seconds(estimate, device)
+        roof, flops, draws = nll_roofline(run.model, len(x), args.nll_samples, precision, device)
+        matmuls, top = nll_profile(run.model, x[:100], min(args.nll_samples, 10 * draws), precision)
+        per_1000 = 1000 / len(x)
+        result[precision] = {"seconds": took[precision], "seconds_per_1000_images": took[precision] * per_1000,
+                             "roofline_seconds_per_1000_images": roof * per_1000, "matmul_gflops": flops / roof / 1e9,
+                             "times_roofline": took[precision] / roof, "draws_per_chunk": draws,
+                             "profile_matmul_share": matmuls, "profile_top_ops": top,
+                             "nll": nll[precision].mean().item(), "nll_per_image": nll[precision].tolist()}
         print(f"{precision}: mean test NLL {nll[precision].mean():.4f} nats over {len(x)} images, k = "
-              f"{args.nll_samples}, in {took[precision]:.0f} s")
+              f"{args.nll_samples}, in {took[precision]:.0f} s: {took[precision] * per_1000:.1f} s per 1,000 images; "
+              f"matmul roofline {roof * per_1000:.1f} s ({flops / 1e12 * per_1000:.1f} TFLOP per 1,000 images at "
+              f"{flops / roof / 1e9:.0f} GFLOP/s), so {took[precision] / roof:.2f}x the roofline")
+        print(f"  profile of 100 images at k = {min(args.nll_samples, 10 * draws)}: matmuls {matmuls:.0%}; "
+              + ", ".join(f"{op} {share:.0%}" for op, share in top.items()))
+    result["elementwise_ns_per_element"] = elementwise_ns(device)
+    print("float32 elementwise passes, ns per element: "
+          + ", ".join(f"{op} {ns:.2f}" for op, ns in result["elementwise_ns_per_element"].items()))
     difference = nll["bf16"] - nll["fp32"]
-    result = {"checkpoint": args.nll_checkpoint, "images": len(x), "k": args.nll_samples, "device": str(device),
-              "cpu": cpu_name(), "bf16_hardware": bf16_hardware(device), "threads": torch.get_num_threads(),
-              "nll_fp32": nll["fp32"].mean().item(), "nll_bf16": nll["bf16"].mean().item(),
-              "difference_mean": difference.mean().item(), "difference_std": difference.std().item(),
-              "difference_max_abs": difference.abs().max().item(), "seconds_fp32": took["fp32"],
-              "seconds_bf16": took["bf16"]}
+    result.update({"checkpoint": args.nll_checkpoint, "images": len(x), "k": args.nll_samples, "device": str(device),
+                   "cpu": cpu_name(), "bf16_hardware": bf16_hardware(device), "threads": torch.get_num_threads(),
+                   "nll_fp32": nll["fp32"].mean().item(), "nll_bf16": nll["bf16"].mean().item(),
+                   "difference_mean": difference.mean().item(), "difference_std": difference.std().item(),
+                   "difference_max_abs": difference.abs().max().item(), "seconds_fp32": took["fp32"],
+                   "seconds_bf16": took["bf16"]})
     print(f"bf16 minus fp32, per image: mean {result['difference_mean']:+.4f} nats, standard deviation "
           f"{result['difference_std']:.4f}, largest {result['difference_max_abs']:.4f}; "
           f"bf16 took {took['bf16'] / took['fp32']:.2f}x fp32's time")
@@ -298,6 +368,9 @@ def get_args(argv=None):
                    help="precisions to time (default: fp32 bf16)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed epochs per measurement, after one warm-up (default: 3)")
+    p.add_argument("--iw-samples", type=int, default=1,
+                   help="time the IWAE's step with this many samples (on binarized images, --recon bce; the roofline "
+                        "printed is then the ELBO step's, a K-th of the decoder's work) (default: 1, the ELBO)")
     p.add_argument("--skip-dataloader", action="store_true", help="do not time the DataLoader loop (default: time it)")
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile (default: off)")
     p.add_argument("--profile", action="store_true",
@@ -311,8 +384,12 @@ def get_args(argv=None):
     p.add_argument("--json", default="output/bench.json",
                    help="where to write the figures (default: output/bench.json)")
     args = p.parse_args(argv)
-    if min(args.repeats, args.batch_size, args.latent, *args.hidden, args.nll_images, args.nll_samples) < 1:
-        p.error("--repeats, --batch-size, --latent, --hidden, --nll-images and --nll-samples must be at least 1")
+    if min(args.repeats, args.batch_size, args.latent, *args.hidden, args.nll_images, args.nll_samples,
+           args.iw_samples) < 1:
+        p.error("--repeats, --batch-size, --latent, --hidden, --nll-images, --nll-samples and --iw-samples must be "
+                "at least 1")
+    if args.iw_samples > 1 and args.model != "vae":
+        p.error("--iw-samples is the VAE's bound: add --model vae")
     return args
 
 
@@ -348,6 +425,20 @@ def speed_table(results):
             lines.append(f"| {widths} | {precision} | {t['epoch_seconds']:.2f} s = {t['train_seconds']:.2f} + "
                          f"{t['val_seconds']:.2f} | {t['roofline_seconds']:.2f} s ({t['matmul_gflops']:.0f} GFLOP/s) "
                          f"| {t['fraction_of_roofline']:.0%} | {faster} | {loader} |")
+    return "\n".join(lines) + "\n"
+
+
+def nll_table(result):
+    """The docs' table of the NLL estimate's speed, from bench.py --nll-checkpoint's JSON."""
+    lines = ["| precision | seconds per 1,000 test images | its matmul roofline | times the roofline "
+             "| matmuls in the profile | largest other ops |", "|" + "---|" * 6]
+    for precision in PRECISIONS:
+        r = result[precision]
+        others = ", ".join(f"`{op.removeprefix('aten::')}` {share:.0%}" for op, share in r["profile_top_ops"].items()
+                           if op not in MATMUL_OPS)
+        roof = f"{r['roofline_seconds_per_1000_images']:.1f} s ({r['matmul_gflops']:.0f} GFLOP/s)"
+        lines.append(f"| {precision} | {r['seconds_per_1000_images']:.1f} s | {roof} | {r['times_roofline']:.2f}x "
+                     f"| {r['profile_matmul_share']:.0%} | {others} |")
     return "\n".join(lines) + "\n"
 
 

@@ -148,26 +148,45 @@ def loss_terms(x, x_hat, mu, logvar, recon="mse", beta=1.0):
 LOG_2PI = math.log(2 * math.pi)
 
 
+def bernoulli_log_likelihood(logits, x):
+    """sum_j x_j l_j - softplus(l_j) over the last dimension: log p(x|z) of a Bernoulli decoder with
+    logits l, which is minus F.binary_cross_entropy_with_logits summed, in fewer passes over the
+    logits. softplus(l) = max(l, 0) + log(1 + exp(-|l|)), with log where PyTorch would use log1p:
+    on the CPU its log1p and softplus take several times log's and exp's time per element (python
+    bench.py --nll-checkpoint prints them), and the two differ by float32's rounding of
+    1 + exp(-|l|), at most 6e-8 an element. Without gradients the passes reuse one temporary in place."""
+    if torch.is_grad_enabled() and logits.requires_grad:  # autograd needs every intermediate
+        return (logits * x).sum(-1) - logits.clamp(min=0).sum(-1) - torch.log(1 + torch.exp(-logits.abs())).sum(-1)
+    scratch = logits.abs()  # the one allocation: each pass below writes into it
+    tail = scratch.neg_().exp_().add_(1).log_().sum(-1)
+    relu = torch.clamp(logits, min=0, out=scratch).sum(-1)
+    return torch.mul(logits, torch.broadcast_to(x, logits.shape), out=scratch).sum(-1) - relu - tail
+
+
 def log_likelihood(logits, x, recon="bce"):
     """log p(x|z) summed over pixels, from the decoder's pre-sigmoid output. bce: Bernoulli, a
     normalised likelihood only of 0/1 pixels. mse: the Gaussian of variance 1/2 whose negative log is
     the summed squared error plus a constant, (784 / 2) log(pi)."""
     if recon == "bce":
-        logits, x = torch.broadcast_tensors(logits, x)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        return bernoulli_log_likelihood(logits, x)
     return -(torch.sigmoid(logits) - x).pow(2).sum(-1) - 0.5 * x.shape[-1] * math.log(math.pi)
 
 
-def log_weights(model, x, k, recon="bce"):
+def log_weights(model, x, k, recon="bce", posterior=None, logits=None, with_logits=False):
     """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image, shape (k, batch):
     their log-mean-exp is the k-sample importance-weighted bound on log p(x) (Burda et al., 2016),
-    its mean for k = 1 the ELBO. Gradients reach the model through the reparameterized draws."""
-    mu, logvar = model.encode(x)
+    its mean for k = 1 the ELBO. Gradients reach the model through the reparameterized draws.
+    posterior: (mu, logvar) of x when the caller has them (encoded once for many calls); logits: a
+    function of z (N, latent) giving the decoder's logits (N, pixels), by default model.logits.
+    with_logits: also return the decoder's logits, shape (k, batch, pixels)."""
+    mu, logvar = model.encode(x) if posterior is None else posterior
     eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps
     log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
     log_posterior = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
-    return log_likelihood(model.logits(z), x, recon) + log_prior - log_posterior
+    decoded = (model.logits if logits is None else logits)(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+    log_w = log_likelihood(decoded, x, recon) + log_prior - log_posterior
+    return (log_w, decoded) if with_logits else log_w
 
 
 def iw_bound(log_w):

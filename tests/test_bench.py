@@ -57,3 +57,18 @@ def test_bench_measures_the_nll_in_both_precisions(mnist_dir, tmp_path):
     assert result["images"] == 20 and result["k"] == 50
     assert result["difference_mean"] == pytest.approx(result["nll_bf16"] - result["nll_fp32"], abs=1e-9)
     assert 0 < result["difference_max_abs"] < 5, "bf16 moves the estimate, by a little"
+    for precision in ("fp32", "bf16"):
+        r = result[precision]
+        assert r["seconds_per_1000_images"] == pytest.approx(r["seconds"] * 50, rel=1e-12)
+        assert r["times_roofline"] > 0 and 0 < r["profile_matmul_share"] < 1 and len(r["nll_per_image"]) == 20
+    assert "| fp32 |" in bench.nll_table(result) and "| bf16 |" in bench.nll_table(result)
+
+
+def test_the_nll_estimates_matmuls_against_a_hand_count():
+    """250 images in batches of 100, k = 7 in chunks of 3 draws: the encoder 784-16-4 once per image,
+    the decoder 2-16-784 seven times, whatever the batches and chunks."""
+    model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
+    calls = bench.nll_shapes(model, n_images=250, k=7, batch_size=100, draws=3)
+    flops = sum(2 * rows * n_in * n_out * n for (rows, n_in, n_out), n in calls.items())
+    assert flops == 2 * 250 * (784 * 16 + 16 * 4) + 2 * 250 * 7 * (2 * 16 + 16 * 784)
+    assert calls[300, 16, 784] == 2 * 2 and calls[100, 16, 784] == 2 and calls[150, 2, 16] == 2

@@ -135,21 +135,95 @@ def test_iw_samples_1_trains_exactly_as_before_and_k_5_is_a_run_of_its_own(mnist
     assert not torch.equal(five["model"]["decoder.0.weight"], plain["model"]["decoder.0.weight"])
 
 
-def test_the_iwae_loss_is_minus_the_k_sample_bound(mnist_dir, monkeypatch):
-    """One step of --iw-samples 3 on a fixed batch: its logged loss is -iw_bound of 3 log weights
-    drawn from the same random state, computed here from the formula."""
-    x = load_splits(mnist_dir, 0, "cpu", limit=32)["train"][0]
+def test_the_iwae_step_is_minus_the_k_sample_bound_and_its_gradient(mnist_dir):
+    """One step of --iw-samples 3 on a fixed batch, against the bound computed here from its
+    formula with the same draws: the same loss and the same gradients, and one pass of the model
+    (the logged squared error is the first draw's, the KL the closed form's)."""
+    x = torch.bernoulli(load_splits(mnist_dir, 0, "cpu", limit=32)["train"][0])
     torch.manual_seed(0)
     model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    reference = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))
+    reference.load_state_dict(model.state_dict())
     state = torch.get_rng_state()
-    with torch.no_grad():
-        model(x)  # the step's ELBO pass draws first; then the 3 importance samples
-        log_w = log_weights(model, x, 3, "mse")
+    log_w, logits = log_weights(reference, x, 3, "bce", with_logits=True)
     expected = -(torch.logsumexp(log_w, 0) - math.log(3)).mean()
+    expected.backward()
     torch.set_rng_state(state)
-    stats = make_step(model, optimizer, TrainConfig(iw_samples=3))(x)
-    assert float(stats[0]) == pytest.approx(float(expected), rel=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the step leaves its gradients, not a change
+    stats = make_step(model, optimizer, TrainConfig(iw_samples=3, recon="bce"))(x)
+    assert float(stats[0]) == pytest.approx(float(expected.detach()), rel=1e-6)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+    with torch.no_grad():
+        mu, logvar = reference.encode(x)
+        squared_error = (torch.sigmoid(logits[0]) - x).pow(2).sum()
+    assert float(stats[1]) == pytest.approx(float(squared_error), rel=1e-5), "the first draw's squared error"
+    assert float(stats[2]) == pytest.approx(float(kl_divergence(mu, logvar).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_fused_bernoulli_log_likelihood_is_bce_with_logits(grad):
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 5, 784) * 6).requires_grad_(grad)  # far into both tails of the sigmoid
+    x = torch.bernoulli(torch.full((5, 784), 0.3))
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(*torch.broadcast_tensors(logits, x),
+                                                                     reduction="none").sum(-1)
+    with torch.set_grad_enabled(grad):
+        fused = models.bernoulli_log_likelihood(logits, x)
+    assert torch.allclose(fused, expected, rtol=2e-6, atol=1e-3), (fused - expected).abs().max()
+    if grad:
+        g, = torch.autograd.grad(fused.sum(), logits)
+        g_expected, = torch.autograd.grad(expected.sum(), logits)
+        assert torch.allclose(g, g_expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("k, chunk", [(1234, None), (1234, 100), (7, 3), (1, None)])
+def test_an_estimate_uses_exactly_k_draws_per_image(images, monkeypatch, k, chunk):
+    """Whatever the chunking, every image gets k draws, no more, no fewer (a loop that skipped every
+    other chunk passed every test while k was at most one chunk)."""
+    from vaestudy import metrics
+    drawn, log_weights_of = [], metrics.log_weights
+
+    def counted(model, x, n, *args, **kwargs):
+        drawn.append((len(x), n))
+        return log_weights_of(model, x, n, *args, **kwargs)
+    monkeypatch.setattr(metrics, "log_weights", counted)
+    model = latent_1_model()
+    estimate = log_px(model, images, k, batch_size=4, chunk=chunk)
+    assert len(estimate) == len(images)
+    draws = iter(drawn)
+    for size in (4, 2):  # 6 images in batches of 4
+        total = 0
+        while total < k:
+            images_in_batch, n = next(draws)
+            assert images_in_batch == size
+            total += n
+        assert total == k
+    assert next(draws, None) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_fast_decoder_is_the_models_logits(precision):
+    from vaestudy.metrics import FastDecoder
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="vae", latent=3, hidden=(32, 16))).eval()
+    fast = FastDecoder(model, 40, precision, torch.device("cpu"))
+    z = torch.randn(25, 3)  # fewer rows than it holds: the last chunk of draws
+    with torch.no_grad(), models.matmul_precision(precision, "cpu"):
+        expected = model.logits(z)
+        got = fast(z).clone()
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-6 if precision == "fp32" else 1e-2)
+
+
+def test_the_chunk_rule_keeps_two_layers_in_half_the_cache(monkeypatch):
+    from vaestudy import metrics
+    monkeypatch.setattr(metrics, "last_level_cache_bytes", lambda: 32 * 2**20)
+    assert metrics.chunk_rows(784, torch.device("cpu")) == 2674  # 2 x 2674 x 784 floats: 16 MiB
+    monkeypatch.setattr(metrics, "last_level_cache_bytes", lambda: 256 * 2**10)
+    assert metrics.chunk_rows(784, torch.device("cpu")) == 256, "at least a few hundred rows"
+    assert metrics.chunk_rows(784, torch.device("meta")) == 2**16, "an accelerator gets rows enough to fill it"
+    assert metrics.last_level_cache_bytes() > 0
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -19,10 +19,14 @@ def make_step(model, optimizer, train, compiled=False):
         if train.binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
             x = torch.bernoulli(x)
         with matmul_precision(train.precision, x.device.type):  # the model hands back float32 either way
-            x_hat, mu, logvar = forward(x)
-            log_w = log_weights(model, x, train.iw_samples, train.recon) if train.iw_samples > 1 else None
+            if train.iw_samples > 1:  # the IWAE: one encoding and K decodings, nothing run twice
+                mu, logvar = model.encode(x)
+                log_w, logits = log_weights(model, x, train.iw_samples, train.recon, (mu, logvar), with_logits=True)
+                x_hat = torch.sigmoid(logits[0])  # the first draw's decoding, for the logged squared error
+            else:
+                x_hat, mu, logvar = forward(x)
         loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, train.recon, train.beta)
-        if log_w is not None:  # the IWAE's bound replaces the ELBO; the squared error and KL are still logged
+        if train.iw_samples > 1:  # the bound replaces the ELBO; logged: the KL and the first draw's squared error
             loss = -iw_bound(log_w).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -55,6 +55,8 @@ def main(argv=None):
             with open(path) as f:
                 previous = json.load(f)
             entries, classifier_info, seed = previous["runs"], previous["classifier"], previous["seed"]
+            # entries from before the record of where a run was made say so, rather than guess
+            entries = [{**e, **{k: "unknown" for k in ("trained_by", "measured_by") if k not in e}} for e in entries]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--report-only needs a readable {path} ({getattr(e, 'strerror', None) or e})")
     else:

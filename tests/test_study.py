@@ -107,13 +107,13 @@ def test_study_table_places_the_study_against_each_seed():
     assert report.study_table([summary_row("VAE", {"limit": 2048}, 2, test_mse=0.1)]) == ""
 
 
-def test_summary_keeps_each_seeds_error_and_dead_units_in_seed_order():
+def test_summary_keeps_every_metric_of_each_seed_in_seed_order():
     def entry(seed, mse, dead):
         return {"model": "Autoencoder", "variant": "code-relu", "settings": {"code_relu": True}, "latent": 10,
                 "seed": seed, "epochs": 50 + seed, "dead_units": dead, "val": {"mse": mse},
                 "test": {"mse": mse, "mse_per_digit": [mse] * 10, "kl": 0.0}}
     [row] = stats.summarize([entry(2, 0.03, 7), entry(0, 0.01, 5), entry(1, 0.02, 6)])
     assert row["seeds"] == [0, 1, 2]
-    assert row["by_seed"] == {"test_mse": [0.01, 0.02, 0.03], "dead_units": [5, 6, 7]}
+    assert row["by_seed"] == {"test_mse": [0.01, 0.02, 0.03], "val_mse": [0.01, 0.02, 0.03], "dead_units": [5, 6, 7]}
     assert row["epochs"] == [50, 51, 52], "each seed's epochs, in seed order"
     assert abs(row["test_mse"] - 0.02) < 1e-12 and abs(row["test_mse_std"] - 0.01) < 1e-12

@@ -27,11 +27,12 @@ FORMAT_1 = "mnist-vae-study/1"
 STATE = ("model", "optimizer", "epoch", "history", "rng", "versions")
 
 
-def checkpoint(config, train, epochs, epoch, model, optimizer, history, rng):
-    """A run's checkpoint, plain data only: what decides the run, the epochs asked for, its state."""
+def checkpoint(config, train, epochs, epoch, model, optimizer, history, rng, trained_by=()):
+    """A run's checkpoint, plain data only: what decides the run, the epochs asked for, its state, and
+    where it was trained (device.provenance of each process that trained it, from which epoch)."""
     return {"format": CHECKPOINT_FORMAT, "model_config": config.to_dict(), "train_config": asdict(train),
             "epochs": epochs, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "history": history, "rng": rng, "versions": versions()}
+            "history": history, "rng": rng, "versions": versions(), "trained_by": list(trained_by)}
 
 
 def rng_state(generator, device):

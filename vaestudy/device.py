@@ -1,5 +1,10 @@
-"""Where the work runs: the device a flag names, whether it runs bf16, and the CPU's subnormal floats."""
+"""Where the work runs: the device a flag names, whether it runs bf16, the CPU's subnormal floats,
+and the record of where a result was made (provenance)."""
+import datetime
+import functools
 import os
+import platform
+import subprocess
 
 import torch
 
@@ -50,3 +55,37 @@ def native_bf16(device):
     """Whether this GPU, not the current one (torch.cuda.is_bf16_supported asks about that), has
     bf16 units: NVIDIA's from compute capability 8.0 (Ampere) on; ROCm builds run it on theirs."""
     return torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model as the OS names it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def code_version():
+    """The commit of this repository's code and whether its tracked files match it; "unknown" outside
+    a git checkout (a copy, an archive) or without git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        return {"commit": git("rev-parse", "HEAD"), "clean": git("status", "--porcelain", "--untracked-files=no") == ""}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "clean": "unknown"}
+
+
+def provenance(device):
+    """Where and with what a result is made: PyTorch's and Python's versions, the device, the code's
+    commit (and whether the tree was clean), and the date (UTC)."""
+    from vaestudy.files import versions
+    return {**versions(), "python": platform.python_version(), "device": f"{device.type}: {device_name(device)}",
+            "threads": torch.get_num_threads(), **code_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

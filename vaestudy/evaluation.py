@@ -13,7 +13,7 @@ from vaestudy.checkpoints import load_runs
 from vaestudy.classifier import accuracy, features, frechet_distance, load_or_train
 from vaestudy.cli import Progress, UserError
 from vaestudy.data import load_splits
-from vaestudy.device import check_precision, pick_device
+from vaestudy.device import check_precision, device_name, pick_device, provenance
 from vaestudy.files import atomic_write
 from vaestudy.metrics import (
     METRICS,
@@ -37,7 +37,9 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
     config, train, model = run.config, run.train, run.model
     entry = {"model": MODEL_NAMES[config.model], "variant": variant_label(run.variant), "latent": config.latent,
              "seed": train.seed, "epochs": run.ckpt["epoch"], "split_seed": train.split_seed,
-             "settings": dict(run.variant), "config": config.to_dict(), "train": asdict(train)}
+             "settings": dict(run.variant), "config": config.to_dict(), "train": asdict(train),
+             # where it was trained (a process per resume) and measured; checkpoints older than the record say so
+             "trained_by": run.ckpt.get("trained_by", "unknown"), "measured_by": provenance(splits["test"][0].device)}
     for split in ("test", "val"):
         entry[split] = measure(model, *splits[split], sample=False)
         if config.model == "vae":
@@ -104,16 +106,15 @@ def cached(run, key, compute):
 
 def measurement_key(run, args, device, classifier_sha):
     """What a cached measurement of a run depends on besides its code (MEASURES_VERSION): the
-    checkpoint, the seed, the NLL's settings, the classifier and the device, whose random streams
-    differ (a GPU draws other z than the CPU from the same seed). Settings at their first value
-    (float32 NLL, the CPU) are left out, so that keys written before they existed still match."""
+    checkpoint, the seed, the NLL's settings, the classifier, PyTorch's version and the device (its
+    name: a GPU draws other z than the CPU from the same seed, and another CPU's kernels round
+    differently). The NLL's precision at its first value (float32) is left out."""
     likelihood = defines_likelihood(run.config, run.train)
     key = {"measures": MEASURES_VERSION, "checkpoint_sha256": sha256(run.path), "seed": args.seed,
-           "nll_samples": args.nll_samples if likelihood else None, "classifier_sha256": classifier_sha}
+           "nll_samples": args.nll_samples if likelihood else None, "classifier_sha256": classifier_sha,
+           "torch": str(torch.__version__), "device": device_name(device)}
     if likelihood and args.nll_samples and args.nll_precision != "fp32":
         key["nll_precision"] = args.nll_precision
-    if device.type != "cpu":
-        key["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     extra = [m.key for m in METRICS if m.measure is not None]  # a metric declared later is measured anew
     if extra:
         key["metrics"] = extra

@@ -8,7 +8,7 @@ from vaestudy.data import N_VAL
 from vaestudy.metrics import METRICS, N_GENERATED
 from vaestudy.published import LITERATURE, REFERENCE_NLL, STUDY
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, variant_flags
-from vaestudy.stats import TOLERANCE, beta_of, beta_sweep
+from vaestudy.stats import TOLERANCE, beta_of, beta_sweep, welch
 
 
 def fmt(value, spread=None, digits=4):
@@ -113,8 +113,12 @@ def selection_lines(chosen, summary, tolerance=TOLERANCE):
         short = short_of_study(rows)
         note = (f"; among runs of {epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study "
                 f"trained for {STUDY_EPOCHS}") if short else ""
+        counts = c.get("seed_counts", [])
+        n = sum(count for _, count in counts)
+        seeds = ("; seed by seed: " + ", ".join(f"{latent} in {count}" + (f" of {n} seeds" if i == 0 else "")
+                                                for i, (latent, count) in enumerate(counts))) if n > 1 else ""
         lines.append(f"{name}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
-                     f"{tolerance:.0%} of it: {c['selected']} (selected{note})")
+                     f"{tolerance:.0%} of it: {c['selected']} (selected{note}){seeds}")
     return lines
 
 
@@ -160,26 +164,43 @@ EVERY_METRIC = (("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_e
 
 
 def precision_table(reference, summary, metrics=STUDY_METRICS):
-    """Each bf16 row of summary beside the float32 row of the same settings in reference, metric by
-    metric; "beyond the seeds" where the two mean ± standard deviation intervals do not overlap."""
-    lines = ["| model | latent | measure | fp32 | bf16 | bf16 - fp32 | beyond the seeds? |", "|" + "---|" * 7]
+    """Each bf16 row of summary beside the float32 row of the same settings in reference (its
+    settings less precision), metric by metric, as comparison_table sets them."""
+    pairs = []
     for r in summary:
         settings = {k: v for k, v in r["settings"].items() if k != "precision"}
-        # the same settings less precision: the float32 run (its settings name no precision)
         fp32 = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"],
-                                                                                          settings)),
-                    None)
-        if r["settings"].get("precision") != "bf16" or fp32 is None:
-            continue
+                                                                                          settings)), None)
+        if r["settings"].get("precision") == "bf16" and fp32 is not None:
+            pairs.append((fp32, r))
+    return comparison_table(pairs, metrics, ("fp32", "bf16"))
+
+
+def machine_table(here, there, labels, metrics=STUDY_METRICS, model="VAE", latent=20):
+    """The same configuration, the study's, trained on two machines (two results.json's summaries)."""
+    pick = [next((r for r in rows if (r["model"], r["latent"], r["settings"]) == (model, latent, {})), None)
+            for rows in (here, there)]
+    return comparison_table([tuple(pick)] if None not in pick else [], metrics, labels)
+
+
+def comparison_table(pairs, metrics, labels):
+    """Rows (a, b) of two summaries side by side, metric by metric, with Welch's t-test of b - a over
+    their seeds (stats.welch): its 95% interval and two-sided p. A side with a single seed can say
+    nothing of the difference."""
+    a_label, b_label = labels
+    lines = [f"| model | latent | measure | {a_label} | {b_label} | {b_label} - {a_label} | 95% interval | Welch p |",
+             "|" + "---|" * 8]
+    for a, b in pairs:
         for name, key, digits in metrics:
-            if r.get(key) is None or fp32.get(key) is None:
+            if a.get(key) is None or b.get(key) is None:
                 continue
-            seeds = min(len(r["seeds"]), len(fp32["seeds"]))
-            beyond = abs(r[key] - fp32[key]) > r[key + "_std"] + fp32[key + "_std"]
-            lines.append(f"| {r['model']} | {r['latent']} | {name} | {fmt(fp32[key], fp32[key + '_std'], digits)} "
-                         f"({len(fp32['seeds'])}) | {fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])}) "
-                         f"| {r[key] - fp32[key]:+.{digits + 1}f} "
-                         f"| {('yes' if beyond else 'no') if seeds > 1 else 'one seed'} |")
+            test = welch(a.get("by_seed", {}).get(key, []), b.get("by_seed", {}).get(key, []))
+            interval, p = ((f"{test['low']:+.{digits + 1}f} to {test['high']:+.{digits + 1}f}", f"{test['p']:.2f}")
+                           if test else ("one seed", "one seed") if min(len(a["seeds"]), len(b["seeds"])) < 2
+                           else ("no spread", "n/a"))
+            lines.append(f"| {b['model']} | {b['latent']} | {name} | {fmt(a[key], a[key + '_std'], digits)} "
+                         f"({len(a['seeds'])}) | {fmt(b[key], b[key + '_std'], digits)} ({len(b['seeds'])}) "
+                         f"| {b[key] - a[key]:+.{digits + 1}f} | {interval} | {p} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 

@@ -1,5 +1,7 @@
 """From a results.json's runs to its summary: mean and spread over seeds per model, variant and latent
 size, the latent-size selection rule, and the rows of a beta sweep."""
+import math
+
 import torch
 
 from vaestudy.metrics import METRICS
@@ -29,9 +31,9 @@ def summarize(entries):
                "seeds": [e["seed"] for e in group]}
         for m in METRICS:
             row[m.key], row[m.key + "_std"] = mean_std([m.value(e) for e in group])
-        # each seed's own value where a range or a count per run tells more than mean and spread
-        row["by_seed"] = {key: [BY_KEY[key].value(e) for e in group] for key in ("test_mse", "dead_units")
-                          if BY_KEY[key].value(group[0]) is not None}
+        # every seed's own value of every metric, so that a comparison can test them (welch) and
+        # a selection can be made seed by seed
+        row["by_seed"] = {m.key: [m.value(e) for e in group] for m in METRICS if m.value(group[0]) is not None}
         row["epochs"] = [e.get("epochs") for e in group]  # not part of a run's identity: --resume may extend one seed
         row["nll_samples"] = group[0].get("nll_samples")  # one evaluate.py call measures every run with the same k
         if "nll_precision" in group[0]:  # bf16: said where it was used, absent (fp32) elsewhere
@@ -53,16 +55,93 @@ def select_latent(val_mse, tolerance=TOLERANCE):
 
 
 def selections(summary, tolerance=TOLERANCE):
-    """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)"."""
+    """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)": on the
+    seeds' mean validation MSE (the headline), and seed by seed, for every seed trained at every size
+    of the group, with how many seeds chose each size."""
     chosen = {}
     for row in summary:
         key = group_label(row["model"], row["variant"])
         if key not in chosen:
             rows = [r for r in summary if (r["model"], r["variant"]) == (row["model"], row["variant"])]
             lowest, within = select_latent({r["latent"]: r["val_mse"] for r in rows}, tolerance)
+            seeds = sorted(set.intersection(*(set(r["seeds"]) for r in rows)))
+
+            def val_mse(r, seed):  # None for a results.json written before every metric was kept per seed
+                return r.get("by_seed", {}).get("val_mse", [None] * len(r["seeds"]))[r["seeds"].index(seed)]
+            by_seed = [[seed, select_latent({r["latent"]: val_mse(r, seed) for r in rows}, tolerance)[1]]
+                       for seed in seeds]
+            counts = {}
+            for _, latent in by_seed:
+                if latent is not None:
+                    counts[latent] = counts.get(latent, 0) + 1
             chosen[key] = {"model": row["model"], "variant": row["variant"], "lowest_val_mse": lowest,
-                           "selected": within, "val_mse": {r["latent"]: r["val_mse"] for r in rows}}
+                           "selected": within, "val_mse": {r["latent"]: r["val_mse"] for r in rows},
+                           "selected_by_seed": by_seed,  # [[seed, latent], ...]: lists survive JSON as they are
+                           "seed_counts": sorted([[latent, n] for latent, n in counts.items()], key=lambda c: -c[1])}
     return chosen
+
+
+def student_t_cdf(t, df):
+    """P(T <= t) for Student's t with df degrees of freedom (df > 0, not necessarily whole), from the
+    regularized incomplete beta function: P(|T| > |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)."""
+    tail = 0.5 * incomplete_beta(df / (df + t * t), df / 2, 0.5)
+    return 1 - tail if t > 0 else tail
+
+
+def incomplete_beta(x, a, b):
+    """I_x(a, b) by its continued fraction (modified Lentz), on the side where it converges fast."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):
+        return 1 - incomplete_beta(1 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2 == 0:
+            numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            numerator = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + numerator * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1 - c * d) < 1e-15:
+            break
+    return front * (f - 1)
+
+
+def student_t_quantile(p, df):
+    """The t with P(T <= t) = p, by bisection of student_t_cdf."""
+    low, high = -1e3, 1e3
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if student_t_cdf(middle, df) < p else (low, middle)
+    return (low + high) / 2
+
+
+def welch(a, b, level=0.95):
+    """Welch's unequal-variance t-test of mean(b) - mean(a): {difference, t, df, p (two-sided),
+    low, high (the difference's `level` interval), n_a, n_b}; None where a side has fewer than two
+    values or both have no spread."""
+    a, b = [float(v) for v in a if v is not None], [float(v) for v in b if v is not None]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    var_a = sum((v - mean_a) ** 2 for v in a) / (len(a) - 1)
+    var_b = sum((v - mean_b) ** 2 for v in b) / (len(b) - 1)
+    se2 = var_a / len(a) + var_b / len(b)
+    if se2 == 0:
+        return None
+    df = se2 ** 2 / ((var_a / len(a)) ** 2 / (len(a) - 1) + (var_b / len(b)) ** 2 / (len(b) - 1))
+    difference, se = mean_b - mean_a, math.sqrt(se2)
+    t = difference / se
+    half = student_t_quantile(0.5 + level / 2, df) * se
+    return {"difference": difference, "t": t, "df": df, "p": 2 * (1 - student_t_cdf(abs(t), df)),
+            "low": difference - half, "high": difference + half, "n_a": len(a), "n_b": len(b)}
 
 
 def beta_of(row):

@@ -17,7 +17,7 @@ from vaestudy.checkpoints import (
 )
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
-from vaestudy.device import check_precision, flush_subnormals, pick_device
+from vaestudy.device import check_precision, flush_subnormals, pick_device, provenance
 from vaestudy.metrics import per_image_errors
 from vaestudy.runs import checkpoint_path, objective, planned_runs, run_name
 from vaestudy.step import make_optimizer, make_step, train_epoch
@@ -74,6 +74,8 @@ def train_run(args, config, train, path, splits, device, sweep, i):
         print(f"no checkpoint at {path} to resume: starting afresh")
     elif os.path.exists(path):
         print(f"retraining {path} from scratch; it is replaced at the run's first save (--resume continues it instead)")
+    earlier = ckpt.get("trained_by", []) if args.resume and ckpt is not None else []
+    trained_by = earlier + [{**provenance(device), "from_epoch": start_epoch}]
     model.train()
     step = make_step(model, optimizer, train, args.compile)
     train_x, val_x = splits["train"][0], splits["val"][0]
@@ -101,7 +103,7 @@ def train_run(args, config, train, path, splits, device, sweep, i):
             history["val_kl"].append(val_kl.mean().item())
             history["seconds"].append(time.perf_counter() - t0)
             saver.epoch_done(checkpoint(config, train, args.epochs, epoch + 1, model, optimizer, history,
-                                        rng_state(generator, device)), last=epoch + 1 == args.epochs)
+                                        rng_state(generator, device), trained_by), last=epoch + 1 == args.epochs)
             if view:
                 view.epoch_done(epoch + 1, history, model, val_x[:16])
             figures = (f"loss {history['train_loss'][-1]:.2f} ({loss_name}), train MSE {history['train_mse'][-1]:.4f}, "

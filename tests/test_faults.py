@@ -240,3 +240,34 @@ def test_an_unsaved_epoch_is_kept_as_it_was_when_it_ended(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     saver.flush()
     assert torch.load(path, weights_only=True)["epoch"] == 2
+
+
+def test_ctrl_c_inside_a_checkpoints_write_waits_for_the_file(mnist_dir, tmp_path, monkeypatch):
+    """SIGINT landing inside torch.save (in a write its C++ writer calls back) made torch.save fail
+    with "unexpected pos ... vs 0" instead of the one-line stop (seen in CI): now the stop waits for
+    the write, and the interrupted epoch's file is whole."""
+    real_save, saves = torch.save, []
+
+    class Interrupting:  # a file where Ctrl-C lands in the middle of the second save
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if len(saves) == 2 and not saves[-1] and self.writes == 3:
+                saves[-1] = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.f.write(data)
+
+        def flush(self):
+            return self.f.flush()
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(False)
+        return real_save(obj, Interrupting(f), *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(UserError, match="interrupted; .* keeps every finished epoch"):
+        small_run(mnist_dir, tmp_path, "--epochs", "5", "--save-every-s", "0")
+    monkeypatch.setattr(torch, "save", real_save)
+    (path,) = tmp_path.rglob("*.pt")
+    assert saves[1] is True and load_checkpoint(str(path))[0]["epoch"] == 2, "the second epoch's write completed"

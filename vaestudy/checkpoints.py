@@ -75,6 +75,37 @@ def save_checkpoint(path, ckpt):
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+class Writes:
+    """Stops (Ctrl-C, SIGTERM, SIGUSR2: sweep.stop_signals) that arrive while a checkpoint is being
+    written take effect when the write ends: a KeyboardInterrupt raised inside torch.save's C++
+    writer made it fail on its way out with a RuntimeError ("unexpected pos 64 vs 0", seen in CI),
+    which replaced the stop, and the run ended in a traceback (tests/test_faults.py reproduces it)."""
+    depth, pending = 0, None
+
+    @classmethod
+    @contextlib.contextmanager
+    def uninterrupted(cls):
+        cls.depth += 1
+        try:
+            yield
+        except BaseException:
+            cls.pending = None  # the write's own error says more than a stop that came during it
+            raise
+        finally:
+            cls.depth -= 1
+        if cls.depth == 0 and cls.pending is not None:
+            error, cls.pending = cls.pending, None
+            raise error
+
+    @classmethod
+    def stop(cls, error):
+        """Raise error now, or as soon as the write in progress has ended."""
+        if cls.depth:
+            cls.pending = error
+        else:
+            raise error
+
+
 class Saver:
     """Writes a run's checkpoint after its last epoch and otherwise at most every `every_s` seconds:
     a write is ~30 MB (weights and AdamW's moments) and an fsync, longer than a whole epoch of the
@@ -86,16 +117,18 @@ class Saver:
 
     def epoch_done(self, ckpt, last=False):
         if last or time.monotonic() - self.saved_at >= self.every_s:
-            self.unsaved = ckpt  # until written: a stop during the write has flush() write it again
-            save_checkpoint(self.path, ckpt)
-            self.unsaved, self.saved_at = None, time.monotonic()
+            self.unsaved = ckpt  # until written: a write that fails has flush() try it again
+            with Writes.uninterrupted():  # a stop meanwhile waits for the file to be whole
+                save_checkpoint(self.path, ckpt)
+                self.unsaved, self.saved_at = None, time.monotonic()
         else:
             self.unsaved = snapshot(ckpt)  # a copy: the next epoch changes the weights in place
 
     def flush(self):
         if self.unsaved is not None:
             ckpt, self.unsaved = self.unsaved, None
-            save_checkpoint(self.path, ckpt)
+            with Writes.uninterrupted():
+                save_checkpoint(self.path, ckpt)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from vaestudy.checkpoints import epochs_done
+from vaestudy.checkpoints import Writes, epochs_done
 from vaestudy.cli import UserError, import_torchvision, on_terminal, progress
 
 
@@ -21,8 +21,9 @@ class Stopped(Exception):
 @contextlib.contextmanager
 def stop_signals():
     """Ctrl-C (SIGINT) raises KeyboardInterrupt, SIGTERM and SIGUSR2 raise Stopped, the first one
-    only: a second signal while the run saves its finished epochs is ignored, so that the save
-    completes. The caller's handlers are back afterwards (signals reach the main thread alone)."""
+    only, and after the checkpoint being written, if one is (checkpoints.Writes): a second signal
+    while the run saves its finished epochs is ignored, so that the save completes. The caller's
+    handlers are back afterwards (signals reach the main thread alone)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -31,7 +32,7 @@ def stop_signals():
     def handler(signum, frame):
         if not stopping:
             stopping.append(signum)
-            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signal.Signals(signum).name)
+            Writes.stop(KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signal.Signals(signum).name))
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     try:

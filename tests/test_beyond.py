@@ -129,3 +129,32 @@ def test_a_classifier_file_carrying_code_is_refused_not_run(mnist_dir, tmp_path)
     with pytest.raises(UserError, match="classifier.pt is not a readable classifier"):
         classifier.load_or_train(str(path), load_splits(mnist_dir, 0, "cpu", limit=100), 0)
     assert not marker.exists(), "the file's code was run"
+
+
+def test_kl_active_units_and_the_units_near_either_threshold():
+    """Five latent dimensions made by hand: posterior means of known variance and known log-variances,
+    so that each count follows from the definitions (independently of the helpers)."""
+    import math
+
+    from vaestudy.metrics import kl_active_units, units_near_thresholds
+
+    class Encoder(torch.nn.Module):  # x -> (mu, logvar) with columns set by hand
+        def __init__(self, mu, logvar):
+            super().__init__()
+            self.mu, self.logvar = mu, logvar
+
+        def encode(self, x):
+            return self.mu, self.logvar
+
+    n = 10000
+    signs = torch.tensor([1.0, -1.0]).repeat(n // 2)[:, None].double()
+    sd = torch.tensor([0.0, 0.08, 0.15, 0.3, 1.0]).double()  # variance of mu: 0, 0.0064, 0.0225, 0.09, 1
+    mu = signs * sd  # mean 0, variance about sd^2
+    logvar = torch.zeros(n, 5).double()
+    logvar[:, 0] = math.log(0.98)  # KL of dim 0 alone: 0.5 (0.98 - 1 - log 0.98), 1e-4 nats
+    model = Encoder(mu, logvar)
+    splits = {"test": (torch.zeros(n, 1), None)}
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+    assert kl_active_units(model, splits, 0) == int((kl > 0.01).sum()) == 3  # dims 2, 3, 4 (KL 0.011, 0.045, 0.5)
+    # near a threshold: dim 1 by its variance (0.0064; KL 0.0032), dim 2 by its KL (0.011; variance 0.0225)
+    assert units_near_thresholds(model, splits, 0) == 2

@@ -170,11 +170,36 @@ def dead_units(codes, fraction=DEAD_FRACTION):
 
 
 @torch.no_grad()
+def kl_by_dimension(model, x):
+    """The mean over images x of KL(q(z_d|x) || N(0, 1)) for each latent dimension d, in nats (float64)."""
+    mu, logvar = (torch.cat(t).double() for t in zip(*(model.eval().encode(xb) for xb in x.split(10000))))
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).mean(0)
+
+
 def top_dimension_kl(model, splits, seed):
     """The KL of the VAE's busiest latent dimension: the largest over dimensions of the mean over test
     images of KL(q(z_d|x) || N(0, 1)), in nats. Beside the total KL it says how concentrated the rate is."""
-    mu, logvar = (torch.cat(t) for t in zip(*(model.eval().encode(xb) for xb in splits["test"][0].split(10000))))
-    return (0.5 * (mu.double().pow(2) + logvar.double().exp() - 1 - logvar.double())).mean(0).max()
+    return kl_by_dimension(model, splits["test"][0]).max()
+
+
+KL_THRESHOLD = 0.01  # nats: a dimension whose mean KL is below it carries almost nothing of the images
+
+
+def kl_active_units(model, splits, seed):
+    """Active units counted by rate rather than by the spread of the posterior means: dimensions whose
+    mean KL over the test images exceeds KL_THRESHOLD."""
+    return int((kl_by_dimension(model, splits["test"][0]) > KL_THRESHOLD).sum())
+
+
+def units_near_thresholds(model, splits, seed):
+    """How fragile the two counts of active units are: the dimensions within a factor of 2 of either
+    threshold (the posterior means' variance near ACTIVE_THRESHOLD, or the mean KL near KL_THRESHOLD),
+    which a small change of training could move across it."""
+    x = splits["test"][0]
+    variance, kl = encode_means(model, x).double().var(dim=0), kl_by_dimension(model, x)
+    near = ((variance > ACTIVE_THRESHOLD / 2) & (variance < ACTIVE_THRESHOLD * 2)) | (
+        (kl > KL_THRESHOLD / 2) & (kl < KL_THRESHOLD * 2))
+    return int(near.sum())
 
 
 def finite_or_none(value):
@@ -243,6 +268,11 @@ METRICS = (
            f"by more than {ACTIVE_THRESHOLD} (Burda et al. 2016)", runs="vae", headline=True,
            plot=(f"active units (Var of posterior mean > {ACTIVE_THRESHOLD})", "VAE: active latent units"),
            integer=True),
+    Metric("kl_active_units", "KL-active units", 1, f"latent dimensions whose mean KL over the test images exceeds "
+           f"{KL_THRESHOLD} nats: active units counted by rate", runs="vae", measure=kl_active_units, integer=True),
+    Metric("units_near_threshold", "units near a threshold", 1, "latent dimensions within a factor of 2 of either "
+           "threshold of the two active-unit counts: how many a small change could move across", runs="vae",
+           measure=units_near_thresholds, integer=True),
     Metric("dead_units", "dead units", 1, f"Autoencoder code dimensions that are exactly 0 for at least "
            f"{DEAD_FRACTION:.0%} of the test images", runs="ae",
            plot=(f"dead units (exactly 0 for >= {DEAD_FRACTION:.0%} of test images)", "Autoencoder: dead code units"),

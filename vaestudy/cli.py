@@ -33,9 +33,20 @@ class UserError(Exception):
     """A problem the user can fix: printed as one line, exit code 1, no traceback."""
 
 
+def _on_interrupt(signum, frame):
+    """Ctrl-C in main(): KeyboardInterrupt, except inside an import (the scripts import PyTorch once
+    their flags are read), where Python may raise it in one of importlib's callbacks that swallow
+    it ("Exception ignored in ... _get_module_lock"), and the script then ran on: exit there."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            _interrupted_while_starting(signum, frame)
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
 def run_cli(main):
     """Call main() and turn UserError (and Ctrl-C) into a one-line message and exit code."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         main()
     except UserError as e:

@@ -24,7 +24,7 @@ def _interrupted_while_starting(signum, frame):
 
 
 # Ctrl-C while one of the repository's scripts is still importing (PyTorch takes seconds) is one line
-# too; run_cli hands SIGINT back to Python once main() runs. Not for a notebook or pytest importing us.
+# too; run_cli installs _on_interrupt once main() runs. Not for a notebook or pytest importing us.
 if os.path.dirname(os.path.abspath(getattr(sys.modules["__main__"], "__file__", "") or "")) == REPOSITORY:
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 

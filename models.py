@@ -20,9 +20,18 @@ def mlp(sizes):
 
 
 class Autoencoder(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, recon="mse"):
         super().__init__()
         self.config = config
+        # the Gaussian decoder's variance, one scalar for all pixels (Rybkin et al. 2021): recon "gaussian" learns
+        # log sigma^2 with the rest; "gaussian-optimal" sets it to its optimum for each batch, log of the batch's
+        # per-pixel MSE, and keeps the last for evaluation. The study's "mse" fixes sigma^2 at 1/2.
+        if recon == "gaussian":
+            self.log_sigma2 = nn.Parameter(torch.zeros(()))
+        elif recon == "gaussian-optimal":
+            self.register_buffer("log_sigma2", torch.zeros(()))
+        else:
+            self.log_sigma2 = None
         widths = [config.input_dim, *config.hidden]
         self.encoder = mlp(widths + [self.code_size()])
         if config.code_relu:  # as the study built it; a code unit that is negative for every image stays 0 and dead
@@ -43,10 +52,15 @@ class Autoencoder(nn.Module):
     def decode(self, z):
         return torch.sigmoid(self.logits(z))
 
-    def forward(self, x, sample=True):
+    def forward_logits(self, x, sample=True):
+        """(logits, mu, logvar): the decoder's output before the sigmoid, for losses that take logits."""
         mu, logvar = self.encode(x)
         z = mu if logvar is None or not sample else reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar
+        return self.logits(z), mu, logvar
+
+    def forward(self, x, sample=True):
+        logits, mu, logvar = self.forward_logits(x, sample)
+        return torch.sigmoid(logits), mu, logvar
 
 
 class VAE(Autoencoder):
@@ -118,8 +132,10 @@ def reparameterize(mu, logvar):
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
-def build_model(config):
-    return {"ae": Autoencoder, "vae": VAE}[config.model](config)
+def build_model(config, recon="mse"):
+    """The model a ModelConfig describes; recon (the run's TrainConfig.recon) adds the decoder's learned
+    variance where it is "gaussian" or "gaussian-optimal"."""
+    return {"ae": Autoencoder, "vae": VAE}[config.model](config, recon)
 
 
 def kl_divergence(mu, logvar):
@@ -127,19 +143,24 @@ def kl_divergence(mu, logvar):
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
-def loss_terms(x, x_hat, mu, logvar, recon="mse", beta=1.0):
+def loss_terms(x, x_hat, mu, logvar, recon="mse", beta=1.0, logits=None, log_sigma2=None):
     """The training objective and what is logged.
 
     Returns (loss, squared_error, kl): loss is the batch mean of reconstruction + beta * KL, where
-    reconstruction is summed over the 784 pixels of each image (squared error, or binary cross
-    entropy with recon="bce"); squared_error and kl are per-image sums, shape (batch,).
+    reconstruction is summed over the 784 pixels of each image: the squared error (recon "mse"), the
+    binary cross entropy from the decoder's logits ("bce"), or the negative log-density of a Gaussian
+    of variance exp(log_sigma2) around x_hat ("gaussian"); squared_error and kl are per-image sums,
+    shape (batch,).
     """
     squared_error = (x_hat - x).pow(2).sum(dim=1)
     kl = kl_divergence(mu, logvar) if logvar is not None else torch.zeros_like(squared_error)
     if recon == "mse":
         reconstruction = squared_error
-    elif recon == "bce":
-        reconstruction = F.binary_cross_entropy(x_hat, x, reduction="none").sum(dim=1)
+    elif recon == "bce":  # from the logits: the sigmoid's output would lose log p where it rounds to 0 or 1
+        reconstruction = (F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+                          if logits is not None else F.binary_cross_entropy(x_hat, x, reduction="none").sum(dim=1))
+    elif recon in ("gaussian", "gaussian-optimal"):
+        reconstruction = -gaussian_log_likelihood(squared_error, log_sigma2, x.shape[1])
     else:
         raise ValueError(f"unknown reconstruction loss {recon!r}")
     return (reconstruction + beta * kl).mean(), squared_error, kl
@@ -163,13 +184,23 @@ def bernoulli_log_likelihood(logits, x):
     return torch.mul(logits, torch.broadcast_to(x, logits.shape), out=scratch).sum(-1) - relu - tail
 
 
-def log_likelihood(logits, x, recon="bce"):
+def gaussian_log_likelihood(squared_error, log_sigma2, pixels):
+    """log N(x; x_hat, sigma^2 I) from the squared error |x - x_hat|^2 summed over `pixels` dimensions:
+    -|x - x_hat|^2 / (2 sigma^2) - (pixels / 2) (log sigma^2 + log 2 pi)."""
+    return -0.5 * squared_error * torch.exp(-log_sigma2) - 0.5 * pixels * (log_sigma2 + LOG_2PI)
+
+
+def log_likelihood(logits, x, recon="bce", log_sigma2=None):
     """log p(x|z) summed over pixels, from the decoder's pre-sigmoid output. bce: Bernoulli, a
-    normalised likelihood only of 0/1 pixels. mse: the Gaussian of variance 1/2 whose negative log is
-    the summed squared error plus a constant, (784 / 2) log(pi)."""
+    normalised likelihood only of 0/1 pixels. mse: the Gaussian of variance 1/2 around the sigmoid's
+    output, whose negative log is the summed squared error plus (784 / 2) log(pi). gaussian: the
+    Gaussian of the decoder's variance exp(log_sigma2), learned or set (gaussian, gaussian-optimal)."""
     if recon == "bce":
         return bernoulli_log_likelihood(logits, x)
-    return -(torch.sigmoid(logits) - x).pow(2).sum(-1) - 0.5 * x.shape[-1] * math.log(math.pi)
+    squared_error = (torch.sigmoid(logits) - x).pow(2).sum(-1)
+    if recon == "mse":
+        return -squared_error - 0.5 * x.shape[-1] * math.log(math.pi)
+    return gaussian_log_likelihood(squared_error, log_sigma2, x.shape[-1])
 
 
 def log_weights(model, x, k, recon="bce", posterior=None, logits=None, with_logits=False):
@@ -185,7 +216,7 @@ def log_weights(model, x, k, recon="bce", posterior=None, logits=None, with_logi
     log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
     log_posterior = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
     decoded = (model.logits if logits is None else logits)(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
-    log_w = log_likelihood(decoded, x, recon) + log_prior - log_posterior
+    log_w = log_likelihood(decoded, x, recon, model.log_sigma2) + log_prior - log_posterior
     return (log_w, decoded) if with_logits else log_w
 
 

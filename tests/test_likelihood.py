@@ -95,14 +95,14 @@ def test_binarized_validation_and_test_images_are_one_fixed_draw(mnist_dir):
 
 def test_a_binarized_epochs_images_are_0_or_1_and_new_each_epoch(mnist_dir, tmp_path, monkeypatch):
     seen = []
-    forward = models.Autoencoder.forward
+    forward = models.Autoencoder.forward_logits  # what the training step calls
 
     def recording(self, x, sample=True):
         if self.training:
             seen.append(x.detach().clone())
         return forward(self, x, sample)
 
-    monkeypatch.setattr(models.Autoencoder, "forward", recording)
+    monkeypatch.setattr(models.Autoencoder, "forward_logits", recording)
     train.main([*BINARY, *TINY, "--epochs", "2", "--batch-size", "256", "--data-dir", mnist_dir, "--out",
                 str(tmp_path)])
     first, second = seen  # one batch of all 256 images per epoch, in another order each time

@@ -162,8 +162,9 @@ def load_checkpoint(path, device="cpu"):
         raise UserError(f"{path} lacks the settings {', '.join(missing)}; re-run train.py to regenerate it")
     try:
         config = ModelConfig(**ckpt["model_config"])
-        ckpt["train_config"] = asdict(train_config(config, settings))
-        model = build_model(config).to(device)
+        train = train_config(config, settings)
+        ckpt["train_config"] = asdict(train)
+        model = build_model(config, train.recon).to(device)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         reason = str(e).strip().splitlines()[0]

@@ -7,13 +7,16 @@ from models import iw_bound, log_weights, loss_terms, matmul_precision
 
 def make_optimizer(model, train):
     # fused: one kernel per step for all parameters instead of a dozen small ops per tensor
-    return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    groups = [{"params": [p for name, p in model.named_parameters() if name != "log_sigma2"]}]
+    if isinstance(model.log_sigma2, torch.nn.Parameter):  # no decay of the learned variance: it pulls sigma^2 to 1
+        groups.append({"params": [model.log_sigma2], "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
 def make_step(model, optimizer, train, compiled=False):
     """step(x) trains on one batch x as the TrainConfig `train` says and returns [loss, summed squared
     error, summed KL] as a device tensor, so that nothing waits for the device."""
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model.forward_logits) if compiled else model.forward_logits
 
     def step(x):
         if train.binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save
@@ -22,10 +25,15 @@ def make_step(model, optimizer, train, compiled=False):
             if train.iw_samples > 1:  # the IWAE: one encoding and K decodings, nothing run twice
                 mu, logvar = model.encode(x)
                 log_w, logits = log_weights(model, x, train.iw_samples, train.recon, (mu, logvar), with_logits=True)
-                x_hat = torch.sigmoid(logits[0])  # the first draw's decoding, for the logged squared error
+                logits = logits[0]  # the first draw's decoding, for the logged squared error
             else:
-                x_hat, mu, logvar = forward(x)
-        loss, squared_error, kl = loss_terms(x, x_hat, mu, logvar, train.recon, train.beta)
+                logits, mu, logvar = forward(x)
+        if train.recon == "gaussian-optimal":  # sigma^2's optimum for this batch, the MSE; at the optimum the loss's
+            # gradient in sigma is 0, so using it as a constant gives the network the gradient of the optimum's loss
+            with torch.no_grad():
+                model.log_sigma2.copy_((torch.sigmoid(logits) - x).pow(2).mean().log())
+        loss, squared_error, kl = loss_terms(x, torch.sigmoid(logits), mu, logvar, train.recon, train.beta, logits,
+                                             model.log_sigma2)
         if train.iw_samples > 1:  # the bound replaces the ELBO; logged: the KL and the first draw's squared error
             loss = -iw_bound(log_w).mean()
         optimizer.zero_grad(set_to_none=True)

@@ -60,7 +60,7 @@ def train_run(args, config, train, path, splits, device, sweep, i):
         print(f"skipped {path}: already trained for {ckpt['epoch']} epochs")
         return
     torch.manual_seed(train.seed)
-    model = build_model(config).to(device)
+    model = build_model(config, train.recon).to(device)
     optimizer = make_optimizer(model, train)
     generator = torch.Generator().manual_seed(train.seed)
     history = {k: [] for k in ("train_loss", "train_mse", "train_kl", "val_mse", "val_kl", "seconds")}

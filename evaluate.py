@@ -65,7 +65,7 @@ def main(argv=None):
     summary = summarize(entries)
     rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "
             f"size whose validation MSE is within {TOLERANCE:.0%} of that lowest")
-    results = {"selection_rule": rule, "seed": seed, "split_seeds": sorted({e["split_seed"] for e in entries}),
+    results = {"selection_rule": rule, "seed": seed, "split_seeds": sorted({e["split_seed"] for e in entries}, key=str),
                "classifier": classifier_info, "selection": selections(summary), "summary": summary, "runs": entries}
     text = report(results)
     payload = json.dumps(results, indent=1, allow_nan=False)

@@ -4,6 +4,7 @@
     python train.py --model vae --latent 20  # one run
     python train.py --model vae --beta 0.5   # a variant: its own files, under output/VAE/beta_0.5/
 """
+import argparse
 import sys
 
 from vaestudy.cli import (
@@ -16,7 +17,17 @@ from vaestudy.cli import (
     out_flag,
     run_cli,
 )
-from vaestudy.runs import PRECISIONS, STUDY_EPOCHS, ModelConfig, TrainConfig, planned_runs
+from vaestudy.runs import PRECISIONS, RECONS, STUDY_EPOCHS, STUDY_SPLIT, ModelConfig, TrainConfig, planned_runs
+
+
+def split_seed(text):
+    """--split-seed: a whole number, or "study"."""
+    if text == STUDY_SPLIT:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor {STUDY_SPLIT!r}")
 
 
 def get_args(argv=None):
@@ -41,8 +52,11 @@ def get_args(argv=None):
                    help="AdamW weight decay (default: %(default)s, PyTorch's)")
     g.add_argument("--beta", type=float, default=TrainConfig.beta,
                    help="weight of the KL term, VAE only (default: %(default)s)")
-    g.add_argument("--recon", default=TrainConfig.recon, choices=["mse", "bce"],
-                   help="reconstruction loss summed over pixels: mse or bce (default: %(default)s, the study's)")
+    g.add_argument("--recon", default=TrainConfig.recon, choices=RECONS,
+                   help="reconstruction term summed over pixels: mse (a Gaussian of variance 1/2), bce (Bernoulli, "
+                        "from the logits), gaussian (a Gaussian whose variance, one scalar, is learned) or "
+                        "gaussian-optimal (that variance set to the batch's per-pixel MSE, its optimum) "
+                        "(default: %(default)s, the study's)")
     g.add_argument("--binarize", action="store_true",
                    help="dynamically binarized MNIST: training pixels drawn 0/1 anew at every use, validation and "
                         "test drawn once with vaestudy.data.BINARIZE_SEED; needs --recon bce "
@@ -57,8 +71,9 @@ def get_args(argv=None):
                    help="encoder hidden widths, mirrored in the decoder (default: 784 784)")
     g.add_argument("--code-relu", action="store_true",
                    help="Autoencoder only: a ReLU on the code, as the study built it (default: off, a linear code)")
-    g.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
-                   help="seed of the 54k/6k train/val split (default: %(default)s)")
+    g.add_argument("--split-seed", type=split_seed, default=TrainConfig.split_seed,
+                   help="seed of the 54k/6k train/val split, or 'study' for the study's own (sklearn's "
+                        "train_test_split with random_state 0) (default: %(default)s)")
     g.add_argument("--limit", type=int, default=None,
                    help="train on N images of the training split only: the first N of its fixed random order, "
                         "for smoke runs (default: all 54,000)")
@@ -96,7 +111,7 @@ def get_args(argv=None):
     for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    check_seeds(seed=args.seed, split_seed=args.split_seed)
+    check_seeds(seed=args.seed, **({} if args.split_seed == STUDY_SPLIT else {"split_seed": args.split_seed}))
     try:
         planned_runs(args)  # every rule on the settings, once, where the configs are made
     except ValueError as e:

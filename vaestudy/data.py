@@ -21,6 +21,7 @@ import torch
 
 from vaestudy.cli import UserError, import_torchvision
 from vaestudy.files import atomic_write
+from vaestudy.runs import STUDY_SPLIT
 
 # md5 of the official uncompressed files (yann.lecun.com/exdb/mnist), as torchvision lists them.
 MD5 = {
@@ -174,8 +175,13 @@ def load_mnist(data_dir, fetch=True):
 
 
 def split_indices(n, split_seed, n_val=N_VAL):
-    """A fixed random train/validation split of range(n), independent of the model's seed."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    """A fixed random train/validation split of range(n), independent of the model's seed. split_seed
+    "study" gives the study's: its code held out sklearn's train_test_split(range(n), test_size=0.1,
+    random_state=0), which is the first n_val of numpy's RandomState(0).permutation(n)."""
+    if split_seed == STUDY_SPLIT:
+        perm = torch.from_numpy(np.random.RandomState(0).permutation(n))
+    else:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return perm[n_val:], perm[:n_val]
 
 

@@ -136,7 +136,7 @@ def measure_all(args):
 
     judge, classifier_info = None, None
     if not args.no_classifier:
-        split_seed = min(run.train.split_seed for run in runs)
+        split_seed = min((run.train.split_seed for run in runs), key=lambda s: (isinstance(s, str), s))
         reference = splits(split_seed)
         path = args.classifier or os.path.join(args.out, "classifier.pt")
         net, test_accuracy = load_or_train(path, reference, split_seed)

@@ -202,6 +202,47 @@ def units_near_thresholds(model, splits, seed):
     return int(near.sum())
 
 
+def active_units_train(model, splits, seed):
+    """active_units on the 54,000 training images, where Burda et al. (2016) measured them."""
+    return active_units(encode_means(model, splits["train"][0]))
+
+
+def kl_active_units_train(model, splits, seed):
+    """kl_active_units on the training images."""
+    return int((kl_by_dimension(model, splits["train"][0]) > KL_THRESHOLD).sum())
+
+
+def decoder_sigma(model, splits, seed):
+    """The Gaussian decoder's standard deviation per pixel, learned or set to its optimum (recon
+    gaussian, gaussian-optimal); the study's fixed one is sqrt(1/2) = 0.71."""
+    return model.log_sigma2.exp().sqrt()
+
+
+BYTE_LEVELS = 256  # a pixel's values, 0..255
+
+
+def bits_per_dim(log_density, pixels):
+    """Bits per pixel of a byte image from the log-density (nats) of its uniform dequantization
+    y = (x + u) / 256 in [0, 1)^pixels: the density on [0, 256)^pixels is log_density - pixels log 256,
+    which lower-bounds the log-probability of the bytes (Theis et al. 2016), so this is an upper bound
+    on their code length: -(log_density - pixels log 256) / (pixels log 2)."""
+    return -(log_density - pixels * math.log(BYTE_LEVELS)) / (pixels * math.log(2))
+
+
+def dequantized(x, seed):
+    """Grey pixels k/255 as their bytes k, each moved by u ~ U[0, 1) and divided by 256, from a seeded
+    stream of their own."""
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    return ((x * 255).round() + u) / BYTE_LEVELS
+
+
+def dequantized_bits_per_dim(model, x, k, recon, seed=0, progress=None):
+    """The Gaussian decoder's bits per dimension on images x (grey, k/255), from the k-sample bound on
+    the log-density of their dequantization: an upper bound on the bits per pixel (float64 mean)."""
+    log_density = log_px(model, dequantized(x, seed), k, recon, seed=seed, progress=progress)
+    return bits_per_dim(log_density.double(), x.shape[1]).mean()
+
+
 def finite_or_none(value):
     """JSON and tables get None for a non-finite number, never a NaN that looks like a result."""
     value = float(value)
@@ -233,7 +274,9 @@ class Metric:
     digits: int  # decimals shown
     glossary: str  # what it is, in one line of results.md's terms
     lower_is_better: Optional[bool] = None  # None for a count or a rate, where neither is better
-    runs: str = "all"  # the runs it applies to: "all", "vae", "ae", or "likelihood" (runs.defines_likelihood)
+    # the runs it applies to: "all", "vae", "ae", "likelihood" (runs.defines_likelihood) or "gaussian" (a decoder
+    # variance of their own: recon gaussian or gaussian-optimal)
+    runs: str = "all"
     measure: Optional[Callable] = None
     read: Optional[Callable] = None  # from a run's entry; by default entry[key]
     headline: bool = False  # a column of the README's headline table
@@ -242,7 +285,8 @@ class Metric:
 
     def applies(self, config, train):
         return {"all": True, "vae": config.model == "vae", "ae": config.model == "ae",
-                "likelihood": defines_likelihood(config, train)}[self.runs]
+                "likelihood": defines_likelihood(config, train),
+                "gaussian": train.recon in ("gaussian", "gaussian-optimal")}[self.runs]
 
     def value(self, entry):
         return self.read(entry) if self.read else entry.get(self.key)
@@ -273,6 +317,13 @@ METRICS = (
     Metric("units_near_threshold", "units near a threshold", 1, "latent dimensions within a factor of 2 of either "
            "threshold of the two active-unit counts: how many a small change could move across", runs="vae",
            measure=units_near_thresholds, integer=True),
+    Metric("active_units_train", "active units (train)", 1, "active units measured on the 54,000 training images, "
+           "as Burda et al. (2016) did", runs="vae", measure=active_units_train, integer=True),
+    Metric("kl_active_units_train", "KL-active units (train)", 1, "KL-active units measured on the training images",
+           runs="vae", measure=kl_active_units_train, integer=True),
+    Metric("decoder_sigma", "decoder sigma", 4, "the Gaussian decoder's standard deviation per pixel, learned or "
+           "set to its optimum, the root of the batch's MSE (the study's is fixed at 0.71)", runs="gaussian",
+           measure=decoder_sigma),
     Metric("dead_units", "dead units", 1, f"Autoencoder code dimensions that are exactly 0 for at least "
            f"{DEAD_FRACTION:.0%} of the test images", runs="ae",
            plot=(f"dead units (exactly 0 for >= {DEAD_FRACTION:.0%} of test images)", "Autoencoder: dead code units"),

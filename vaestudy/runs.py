@@ -15,6 +15,8 @@ from typing import Optional
 
 PRECISIONS = ("fp32", "bf16")  # the matmuls' number format (models.matmul_precision)
 MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
+STUDY_SPLIT = "study"  # --split-seed study: the study's own validation split (vaestudy.data.split_indices)
+RECONS = ("mse", "bce", "gaussian", "gaussian-optimal")  # the reconstruction terms (models.loss_terms)
 
 
 @dataclass(frozen=True)  # frozen: part of a run's identity, so hashable and never changed
@@ -49,7 +51,9 @@ class TrainConfig:
     """The settings besides the model's that change what a run learns. Epochs are not among them:
     the same run can be continued for longer with --resume."""
     beta: float = 1.0  # weight of the KL term (the VAE's only)
-    recon: str = "mse"  # reconstruction loss summed over pixels: "mse" (the study's) or "bce"
+    # reconstruction loss summed over pixels: "mse" (the study's), "bce", "gaussian" (a learned variance) or
+    # "gaussian-optimal" (the variance set to its optimum for each batch)
+    recon: str = "mse"
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-2  # PyTorch's AdamW default
@@ -60,20 +64,20 @@ class TrainConfig:
     iw_samples: int = field(default=1, metadata=ADDED_LATER)
     # the matmuls' number format: "fp32" (the study's) or "bf16" (models.matmul_precision)
     precision: str = field(default="fp32", metadata=ADDED_LATER)
-    split_seed: int = 0  # the 54k/6k train/validation split
+    split_seed: int = 0  # the 54k/6k train/validation split; STUDY_SPLIT for the study's own (data.split_indices)
     seed: int = 0  # initialisation, batch order, sampling
 
     def __post_init__(self):
         for f in fields(self):  # 1 and 1.0 are one setting, whether typed or read back from a checkpoint
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and not (f.name == "split_seed" and value == STUDY_SPLIT):
                 object.__setattr__(self, f.name, {float: float, bool: bool, str: str}.get(f.type, int)(value))
         problems = [
             (self.batch_size < 1, "--batch-size must be positive"), (not self.lr > 0, "--lr must be positive"),
             (self.weight_decay < 0, "--weight-decay must not be negative"), (self.beta < 0,
                                                                              "--beta must not be negative"),
             (self.limit is not None and self.limit < 1, "--limit must be at least 1"),
-            (self.recon not in ("mse", "bce"), f"unknown reconstruction loss {self.recon!r}; use mse or bce"),
+            (self.recon not in RECONS, f"unknown reconstruction loss {self.recon!r}; use {', '.join(RECONS)}"),
             (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}; use {' or '.join(PRECISIONS)}"),
             (self.iw_samples < 1, "--iw-samples must be at least 1"),
             # MSE on 0/1 pixels would be a Gaussian around values that are never in between: no likelihood of them
@@ -88,6 +92,9 @@ def check_run(config, train):
     retrain its study run under another name."""
     if train.beta != TrainConfig.beta and config.model != "vae":
         raise ValueError("--beta weighs the VAE's KL term; the Autoencoder has none: add --model vae")
+    if train.recon.startswith("gaussian") and config.model != "vae":
+        raise ValueError(f"--recon {train.recon} sets the variance that weighs the VAE's reconstruction against "
+                         "its KL; the Autoencoder has no KL: add --model vae")
     if train.iw_samples != TrainConfig.iw_samples and (config.model != "vae" or train.beta != TrainConfig.beta):
         raise ValueError("--iw-samples bounds the VAE's log-likelihood, with beta 1: add --model vae (and no --beta)")
 
@@ -97,6 +104,13 @@ def defines_likelihood(config, train):
     on grey pixels is not (its values for a pixel do not sum to 1 over the pixel's values), and the
     squared error is a Gaussian of fixed variance 1/2, a density on pixels that are bytes."""
     return config.model == "vae" and train.recon == "bce" and train.binarize
+
+
+def gaussian_decoder(config, train):
+    """Whether the run's decoder is a Gaussian density on grey pixels, of fixed variance 1/2 ("mse")
+    or a learned or optimal one ("gaussian", "gaussian-optimal"): a density of dequantized bytes, in bits per dimension
+    (metrics.bits_per_dim)."""
+    return config.model == "vae" and train.recon in ("mse", "gaussian", "gaussian-optimal") and not train.binarize
 
 
 def train_config(config, settings):

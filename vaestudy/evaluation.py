@@ -40,6 +40,9 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
              "settings": dict(run.variant), "config": config.to_dict(), "train": asdict(train),
              # where it was trained (a process per resume) and measured; checkpoints older than the record say so
              "trained_by": run.ckpt.get("trained_by", "unknown"), "measured_by": provenance(splits["test"][0].device)}
+    # the per-epoch curves, compact, so that a page can cite them without the checkpoint
+    entry["history"] = {k: [float(f"{v:.6g}") for v in values] for k, values in run.ckpt["history"].items()
+                        if k != "seconds"}
     for split in ("test", "val"):
         entry[split] = measure(model, *splits[split], sample=False)
         if config.model == "vae":

@@ -52,9 +52,10 @@ def reconstruct(model, x, batch_size=10000):
 
 
 def latent_prior(model, train_x):
-    """(mean, scale) of the Gaussian that decoded samples come from: N(0, I) for the VAE, whose KL
-    term pulls its codes there; for the Autoencoder a Gaussian fitted to its training codes, so
-    that the two models are compared on equal terms. z = mean + scale @ eps, eps ~ N(0, I)."""
+    """(mean, scale) of the Gaussian that decoded samples come from: the VAE's prior N(0, I), which
+    its KL term pulls its codes towards; for the Autoencoder, which has no prior, a full-covariance
+    Gaussian fitted to its training codes (more fitted to its codes than the VAE's prior is to its
+    own, so its samples are not drawn on the same terms). z = mean + scale @ eps, eps ~ N(0, I)."""
     latent, device = model.config.latent, train_x.device
     if model.config.model == "vae":
         return torch.zeros(latent, device=device), torch.eye(latent, device=device)
@@ -332,6 +333,7 @@ METRICS = (
            "reconstructions: does the code keep the digit?", lower_is_better=False, headline=True,
            plot=("accuracy on test reconstructions", "Does the code keep the digit?")),
     Metric("frechet_distance", "Frechet dist.", 2, "Frechet distance between the classifier's features of 10,000 "
-           "decoded samples and of the test images", lower_is_better=True,
+           "decoded samples (the VAE's z from its prior N(0, I), the Autoencoder's from a full-covariance Gaussian fitted "
+           "to its training codes) and of the test images", lower_is_better=True,
            plot=("Frechet distance to test features (lower is better)", "Quality of decoded samples")),
 )

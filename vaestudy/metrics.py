@@ -216,7 +216,7 @@ def kl_active_units_train(model, splits, seed):
 def decoder_sigma(model, splits, seed):
     """The Gaussian decoder's standard deviation per pixel, learned or set to its optimum (recon
     gaussian, gaussian-optimal); the study's fixed one is sqrt(1/2) = 0.71."""
-    return model.log_sigma2.exp().sqrt()
+    return model.log_sigma2.detach().exp().sqrt()
 
 
 BYTE_LEVELS = 256  # a pixel's values, 0..255
@@ -333,7 +333,7 @@ METRICS = (
            "reconstructions: does the code keep the digit?", lower_is_better=False, headline=True,
            plot=("accuracy on test reconstructions", "Does the code keep the digit?")),
     Metric("frechet_distance", "Frechet dist.", 2, "Frechet distance between the classifier's features of 10,000 "
-           "decoded samples (the VAE's z from its prior N(0, I), the Autoencoder's from a full-covariance Gaussian fitted "
-           "to its training codes) and of the test images", lower_is_better=True,
+           "decoded samples (the VAE's z from its prior N(0, I), the Autoencoder's from a full-covariance Gaussian "
+           "fitted to its training codes) and of the test images", lower_is_better=True,
            plot=("Frechet distance to test features (lower is better)", "Quality of decoded samples")),
 )

@@ -163,17 +163,31 @@ STUDY_METRICS = (("test MSE, z = mu", "test_mse", 4), ("test MSE, sampled z", "t
 EVERY_METRIC = (("test NLL (nats)", "test_nll", 2), ("test ELBO (nats)", "test_elbo", 2)) + STUDY_METRICS
 
 
-def precision_table(reference, summary, metrics=STUDY_METRICS):
-    """Each bf16 row of summary beside the float32 row of the same settings in reference (its
-    settings less precision), metric by metric, as comparison_table sets them."""
+def setting_table(reference, summary, setting, value, labels, metrics=STUDY_METRICS):
+    """Each row of summary whose `setting` is `value` beside the row of reference with the same
+    settings less that one (its default), metric by metric, as comparison_table sets them."""
     pairs = []
     for r in summary:
-        settings = {k: v for k, v in r["settings"].items() if k != "precision"}
-        fp32 = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"],
-                                                                                          settings)), None)
-        if r["settings"].get("precision") == "bf16" and fp32 is not None:
-            pairs.append((fp32, r))
-    return comparison_table(pairs, metrics, ("fp32", "bf16"))
+        settings = {k: v for k, v in r["settings"].items() if k != setting}
+        default = next((f for f in reference if (f["model"], f["latent"], f["settings"]) == (r["model"], r["latent"],
+                                                                                             settings)), None)
+        if r["settings"].get(setting) == value and default is not None:
+            pairs.append((default, r))
+    return comparison_table(pairs, metrics, labels)
+
+
+def precision_table(reference, summary, metrics=STUDY_METRICS):
+    """Each bf16 row of summary beside the float32 row of the same settings in reference."""
+    return setting_table(reference, summary, "precision", "bf16", ("fp32", "bf16"), metrics)
+
+
+CALIBRATED_METRICS = STUDY_METRICS + (("KL-active units", "kl_active_units", 1),
+                                      ("Frechet dist.", "frechet_distance", 2))
+
+
+def calibration_table(reference, summary, metrics=CALIBRATED_METRICS):
+    """Each run of the optimal-sigma decoder (--recon gaussian-optimal) beside the study's fixed variance 1/2."""
+    return setting_table(reference, summary, "recon", "gaussian-optimal", ("sigma² = 1/2", "optimal sigma"), metrics)
 
 
 def machine_table(here, there, labels, metrics=STUDY_METRICS, model="VAE", latent=20):
@@ -276,3 +290,17 @@ def report(results):
         if table:
             text += f"\n{heading}:\n\n{table}"
     return text
+
+
+def bits_per_dim_table(rows):
+    """scripts/bits_per_dim.py's rows: each Gaussian-decoder VAE's bits per dimension of the dequantized
+    test bytes, the k-sample bound's and the ELBO's, beside its decoder's sigma."""
+    lines = ["| decoder | latent | seed | decoder sigma | test images | k | bits/dim, k-sample bound "
+             "| bits/dim, ELBO |",
+             "|" + "---|" * 8]
+    names = {"mse": "fixed sigma² = 1/2 (the study's)", "gaussian": "learned sigma",
+             "gaussian-optimal": "optimal sigma"}
+    for r in sorted(rows, key=lambda r: (r["recon"] != "mse", r["recon"], r["latent"], r["seed"])):
+        lines.append(f"| {names[r['recon']]} | {r['latent']} | {r['seed']} | {r['decoder_sigma']:.4f} | "
+                     f"{r['images']:,} | {r['samples']} | {r['bits_per_dim']:.3f} | {r['bits_per_dim_k1']:.3f} |")
+    return "\n".join(lines) + "\n" if rows else ""

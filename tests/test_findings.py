@@ -16,6 +16,19 @@ TINY = ["--model", "vae", "--latent", "2", "--limit", "256", "--batch-size", "12
         "--device", "cpu"]
 
 
+def test_the_prediction_interval_of_one_more_seed_is_the_textbook_one():
+    """1, 2, 3: mean 2, s = 1, t(0.975, 2) = 4.302653 (any t table), so 2 ± 4.302653 sqrt(4/3)."""
+    low, high = stats.prediction_interval([1.0, 2.0, 3.0])
+    assert (low, high) == (pytest.approx(2 - 4.302653 * math.sqrt(4 / 3), abs=1e-5),
+                           pytest.approx(2 + 4.302653 * math.sqrt(4 / 3), abs=1e-5))
+    assert stats.prediction_interval([1.0]) is None
+    rows = [{"model": "VAE", "settings": {}, "latent": 2, "seeds": [0, 1, 2], "epochs": [50] * 3,
+             "test_mse_sampled": 2.0, "test_mse_sampled_std": 1.0, "test_kl": 5.0, "test_kl_std": 0.0,
+             "by_seed": {"test_mse_sampled": [1.0, 2.0, 3.0], "test_kl": [5.0, 5.0, 5.0]}}]
+    table = report.study_table(rows)
+    assert "| 0.0391 | 2.0000 ± 1.0000 | within (-2.9683 to 6.9683) | 5.14 | 5.00 | above (5.00 to 5.00) |" in table
+
+
 def test_welch_against_a_published_example():
     """Wikipedia's "Welch's t-test", example 1: t = -2.46, df = 24.9, p = 0.021 for A1 - A2."""
     a1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]

@@ -8,7 +8,7 @@ from vaestudy.data import N_VAL
 from vaestudy.metrics import METRICS, N_GENERATED
 from vaestudy.published import LITERATURE, REFERENCE_NLL, STUDY
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, variant_flags
-from vaestudy.stats import TOLERANCE, beta_of, beta_sweep, welch
+from vaestudy.stats import TOLERANCE, beta_of, beta_sweep, prediction_interval, welch
 
 
 def fmt(value, spread=None, digits=4):
@@ -87,9 +87,18 @@ def study_table(summary):
     def cell(r, key, digits=4):
         return "n/a" if r is None else fmt(r[key], r[key + "_std"], digits)
 
+    def against(published, r, key):  # the study's single run against where one more seed here would land
+        interval = None if r is None else prediction_interval(r["by_seed"].get(key, []))
+        if interval is None:
+            return "n/a"
+        low, high = interval
+        where = "above" if published > high else "below" if published < low else "within"
+        return f"{where} ({low:.{2 if key == 'test_kl' else 4}f} to {high:.{2 if key == 'test_kl' else 4}f})"
+
     lines = ["| latent | study AE | this AE, study's ReLU code (seeds) | per seed | study AE vs these runs "
              "| dead units per seed | this AE, linear code | study VAE (sampled z) | this VAE (sampled z) "
-             "| study VAE KL | this VAE KL |", "|" + "---|" * 11]
+             "| study VAE vs one more seed here (95%) | study VAE KL | this VAE KL | study KL vs one more seed "
+             "(95%) |", "|" + "---|" * 13]
     for latent, (study_ae, study_vae, study_kl) in STUDY.items():
         relu, linear, vae = (row("Autoencoder", {"code_relu": True}, latent), row("Autoencoder", {}, latent),
                              row("VAE", {}, latent))
@@ -100,7 +109,8 @@ def study_table(summary):
             versus(study_ae, relu["by_seed"]["test_mse"]),
             ", ".join(str(v) for v in relu["by_seed"]["dead_units"]) + f" of {latent}"]
         cells = [str(latent), fmt(study_ae), *relu_cells, cell(linear, "test_mse"), fmt(study_vae),
-                 cell(vae, "test_mse_sampled"), fmt(study_kl, digits=2), cell(vae, "test_kl", 2)]
+                 cell(vae, "test_mse_sampled"), against(study_vae, vae, "test_mse_sampled"), fmt(study_kl, digits=2),
+                 cell(vae, "test_kl", 2), against(study_kl, vae, "test_kl")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 

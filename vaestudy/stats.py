@@ -144,6 +144,20 @@ def welch(a, b, level=0.95):
             "low": difference - half, "high": difference + half, "n_a": len(a), "n_b": len(b)}
 
 
+def prediction_interval(values, level=0.95):
+    """(low, high): where one more draw of the same configuration (one more seed) lands with
+    probability `level`, for normal values: mean ± t(n - 1) s sqrt(1 + 1/n). None with fewer than
+    two values. It is the test for a single published run set against n seeds."""
+    values = [float(v) for v in values if v is not None]
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = student_t_quantile(0.5 + level / 2, n - 1) * s * math.sqrt(1 + 1 / n)
+    return mean - half, mean + half
+
+
 def beta_of(row):
     return float(row["settings"].get("beta", 1.0))
 

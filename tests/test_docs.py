@@ -123,3 +123,29 @@ def test_the_published_results_are_apart_from_the_working_folder():
     import visualize
     for script in (train, evaluate, visualize):
         assert script.get_args([]).out == "output"
+
+
+def results_of(folder):
+    with open(os.path.join(ROOT, "results", folder, "results.json")) as f:
+        return json.load(f)
+
+
+def test_calibrated_pages_tables_are_the_committed_results():
+    study, calibrated = committed("study"), results_of("calibrated")
+    assert_in(report.calibration_table(study, calibrated["summary"]), "docs/calibrated.md",
+              "table of the optimal sigma beside sigma² = 1/2")
+    for line in report.selection_lines(calibrated["selection"], calibrated["summary"]):
+        assert line in page("docs/calibrated.md"), "regenerate the calibrated selection from results/calibrated"
+    with open(os.path.join(ROOT, "results", "calibrated", "bits_per_dim.json")) as f:
+        rows = json.load(f)
+    assert_in(report.bits_per_dim_table(rows), "docs/calibrated.md", "bits-per-dimension table")
+
+
+def test_the_five_seeds_and_the_study_split_are_the_committed_results():
+    study, epyc = committed("study"), committed("epyc")
+    assert_in(report.machine_table(study, epyc, ("results/study", "results/epyc")), "docs/speed.md",
+              "five seeds on this CPU beside the study")
+    split = results_of("split")
+    assert_in(report.split_table(study, split["summary"]), "docs/study.md", "the study's split beside ours")
+    for line in report.selection_lines(split["selection"], split["summary"]):
+        assert line in page("docs/study.md"), "regenerate the study split's selection from results/split"

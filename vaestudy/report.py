@@ -200,6 +200,12 @@ def calibration_table(reference, summary, metrics=CALIBRATED_METRICS):
     return setting_table(reference, summary, "recon", "gaussian-optimal", ("sigma² = 1/2", "optimal sigma"), metrics)
 
 
+def split_table(reference, summary):
+    """Runs on the study's own validation split (--split-seed study) beside this repository's split."""
+    return setting_table(reference, summary, "split_seed", "study", ("split seed 0", "the study's split"),
+                         (("val MSE", "val_mse", 4), ("test MSE, z = mu", "test_mse", 4)))
+
+
 def machine_table(here, there, labels, metrics=STUDY_METRICS, model="VAE", latent=20):
     """The same configuration, the study's, trained on two machines (two results.json's summaries)."""
     pick = [next((r for r in rows if (r["model"], r["latent"], r["settings"]) == (model, latent, {})), None)

@@ -62,16 +62,54 @@ def vae_row(latent, val_by_seed):
             "epochs": [50] * 3, "val_mse": mean, "val_mse_std": std, "by_seed": {"val_mse": val_by_seed}}
 
 
-def test_the_selection_on_the_mean_and_seed_by_seed():
-    """On the mean, 10 is within 2% of 20's error and selected; seed by seed, seed 1's 10 is 3.6%
-    worse than its 20, so it picks 20: 10 in 2 of 3 seeds, 20 in 1."""
+def test_the_selection_on_the_mean_and_over_every_combination_of_seeds():
+    """On the mean, 10 is within 2% of 20's error and selected. Over the 3 x 3 pairings of one seed per
+    size, by hand: against 20's 0.0168 (twice), 10's 0.0170 and 0.0169 are within 2% (0.017136) and
+    0.0172 is not; against 0.0166 (0.016932) only 0.0169 is: 10 in 2 + 1 + 2 = 5, 20 in 4."""
     summary = [vae_row(10, [0.0170, 0.0172, 0.0169]), vae_row(20, [0.0168, 0.0166, 0.0168])]
     chosen = stats.selections(summary)["VAE"]
-    assert chosen["selected"] == 10 and chosen["selected_by_seed"] == [[0, 10], [1, 20], [2, 10]]
-    assert chosen["seed_counts"] == [[10, 2], [20, 1]]
+    assert chosen["selected"] == 10
+    assert chosen["combination_counts"] == [[10, 5], [20, 4]] and chosen["combinations"] == 9
     line = report.selection_lines({"VAE": chosen}, summary)[0]
     assert line == ("VAE: lowest validation MSE at latent 20; smallest latent size within 2% of it: 10 (selected); "
-                    "seed by seed: 10 in 2 of 3 seeds, 20 in 1")
+                    "over the 9 combinations of one seed per size: 10 in 56%, 20 in 44%")
+
+
+def hand_made_entry(latent, seed, val_mse):
+    errors = {"mse": val_mse, "mse_per_digit": [val_mse] * 10, "kl": 10.0}
+    return {"model": "VAE", "variant": "default", "settings": {}, "latent": latent, "seed": seed, "epochs": 50,
+            "split_seed": 0, "test": errors, "val": errors, "test_sampled": errors, "active_units": 5}
+
+
+def test_the_combinations_of_a_hand_made_results_json(tmp_path, capsys):
+    """Three sizes with 3, 2 and 1 seeds: 3 x 2 x 1 = 6 combinations, by hand. Latent 2 (0.05) is never
+    within 2% of the lowest. With 5's 0.0100, 5 is the lowest; with its 0.0104, 10's 0.0101 is, and
+    0.0104 is more than 2% above it (0.010302): 10. So 5 in 3 combinations and 10 in 3."""
+    runs = [hand_made_entry(2, s, 0.05) for s in range(3)] + [hand_made_entry(5, 0, 0.0100),
+                                                              hand_made_entry(5, 1, 0.0104),
+                                                              hand_made_entry(10, 0, 0.0101)]
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs, "classifier": None, "seed": 0}))
+    evaluate.main(["--out", str(tmp_path), "--report-only"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["selection"]["VAE"]["combinations"] == 6
+    assert results["selection"]["VAE"]["combination_counts"] == [[5, 3], [10, 3]]
+    assert "over the 6 combinations of one seed per size: 5 in 50%, 10 in 50%" in (tmp_path / "results.md").read_text()
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "over the 6 combinations of one seed per size: 5 in 50%, 10 in 50%" in printed, "the printout says it too"
+
+
+def test_holm_against_a_hand_computation():
+    """m = 4: sorted 0.005, 0.01, 0.03, 0.04 become 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06,
+    and max(0.06, 1 x 0.04) = 0.06 (monotone); back in the original order."""
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.01, None]) == [0.01, None], "no test is not counted"
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0], "capped at 1"
+
+
+def test_p_values_are_never_printed_as_zero():
+    assert [report.fmt_p(p) for p in (0.0004, 0.004, 0.04, 0.5, None)] == ["< 0.001", "0.004", "0.04", "0.50", "n/a"]
+    assert stats.ranges_apart([1, 2, 3], [4, 5, 6]) and not stats.ranges_apart([1, 2, 5], [4, 5, 6])
+    assert stats.ranges_apart([1], [2, 3]) is None
 
 
 def test_the_precision_table_tests_the_difference():
@@ -80,11 +118,15 @@ def test_the_precision_table_tests_the_difference():
     for settings, values in (({}, a), ({"precision": "bf16"}, b)):
         mean, std = stats.mean_std(values)
         rows.append({"model": "VAE", "latent": 20, "settings": settings, "seeds": [0, 1, 2], "test_mse": mean,
-                     "test_mse_std": std, "by_seed": {"test_mse": values}})
-    table = report.precision_table(rows[:1], rows[1:], (("test MSE", "test_mse", 4),))
+                     "test_mse_std": std, "test_kl": mean * 1000, "test_kl_std": std * 1000,
+                     "by_seed": {"test_mse": values, "test_kl": [v * 1000 for v in values]}})
+    table = report.precision_table(rows[:1], rows[1:], (("test MSE", "test_mse", 4), ("KL", "test_kl", 2)))
     test = stats.welch(a, b)
-    assert f"| {test['low']:+.5f} to {test['high']:+.5f} | {test['p']:.2f} |" in table
     assert 0 < test["p"] < 0.05, "three seeds far enough apart to tell"
+    holm = min(1, 2 * test["p"])  # two tests of the same p: each doubled
+    assert f"| {test['low']:+.5f} to {test['high']:+.5f} | {report.fmt_p(test['p'])} | {report.fmt_p(holm)} | apart |" \
+        in table
+    assert "over the 2 Welch tests of this table" in table
 
 
 def test_every_run_records_where_it_was_made(mnist_dir, tmp_path, capsys):

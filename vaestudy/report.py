@@ -8,13 +8,20 @@ from vaestudy.data import N_VAL
 from vaestudy.metrics import METRICS, N_GENERATED
 from vaestudy.published import LITERATURE, REFERENCE_NLL, STUDY
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, variant_flags
-from vaestudy.stats import TOLERANCE, beta_of, beta_sweep, prediction_interval, welch
+from vaestudy.stats import TOLERANCE, beta_of, beta_sweep, holm, prediction_interval, ranges_apart, welch
 
 
 def fmt(value, spread=None, digits=4):
     if value is None:
         return "n/a"
     return f"{value:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
+
+
+def fmt_p(p):
+    """A p-value as tables print it: two decimals, three below 0.01, and "< 0.001" below that, never 0.00."""
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
 def epochs_text(epochs):
@@ -123,10 +130,9 @@ def selection_lines(chosen, summary, tolerance=TOLERANCE):
         short = short_of_study(rows)
         note = (f"; among runs of {epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study "
                 f"trained for {STUDY_EPOCHS}") if short else ""
-        counts = c.get("seed_counts", [])
-        n = sum(count for _, count in counts)
-        seeds = ("; seed by seed: " + ", ".join(f"{latent} in {count}" + (f" of {n} seeds" if i == 0 else "")
-                                                for i, (latent, count) in enumerate(counts))) if n > 1 else ""
+        counts, n = c.get("combination_counts", []), c.get("combinations", 0)
+        seeds = ("; over the " + f"{n:,} combinations of one seed per size: "
+                 + ", ".join(f"{latent} in {count / n:.0%}" for latent, count in counts)) if n > 1 else ""
         lines.append(f"{name}: lowest validation MSE at latent {c['lowest_val_mse']}; smallest latent size within "
                      f"{tolerance:.0%} of it: {c['selected']} (selected{note}){seeds}")
     return lines
@@ -215,23 +221,75 @@ def machine_table(here, there, labels, metrics=STUDY_METRICS, model="VAE", laten
 
 def comparison_table(pairs, metrics, labels):
     """Rows (a, b) of two summaries side by side, metric by metric, with Welch's t-test of b - a over
-    their seeds (stats.welch): its 95% interval and two-sided p. A side with a single seed can say
-    nothing of the difference."""
+    their seeds (tested_table)."""
+    items = [([b["model"], str(b["latent"]), name], a, b, key, digits)
+             for a, b in pairs for name, key, digits in metrics if a.get(key) is not None and b.get(key) is not None]
+    return tested_table(["model", "latent", "measure"], items, labels)
+
+
+def tested_table(head, items, labels):
+    """A table of tested differences, one per item (cells, a, b, key, digits): the leading cells under
+    `head`, the two rows' values of key (mean ± std over their seeds, the number of seeds in brackets),
+    b - a, Welch's test of it (stats.welch): its 95% interval and two-sided p, that p adjusted by
+    Holm's method for the number of tests in the table (stats.holm), and whether the seeds' ranges lie
+    apart. A side with a single seed can say nothing of the difference."""
     a_label, b_label = labels
-    lines = [f"| model | latent | measure | {a_label} | {b_label} | {b_label} - {a_label} | 95% interval | Welch p |",
-             "|" + "---|" * 8]
-    for a, b in pairs:
-        for name, key, digits in metrics:
-            if a.get(key) is None or b.get(key) is None:
-                continue
-            test = welch(a.get("by_seed", {}).get(key, []), b.get("by_seed", {}).get(key, []))
-            interval, p = ((f"{test['low']:+.{digits + 1}f} to {test['high']:+.{digits + 1}f}", f"{test['p']:.2f}")
-                           if test else ("one seed", "one seed") if min(len(a["seeds"]), len(b["seeds"])) < 2
-                           else ("no spread", "n/a"))
-            lines.append(f"| {b['model']} | {b['latent']} | {name} | {fmt(a[key], a[key + '_std'], digits)} "
-                         f"({len(a['seeds'])}) | {fmt(b[key], b[key + '_std'], digits)} ({len(b['seeds'])}) "
-                         f"| {b[key] - a[key]:+.{digits + 1}f} | {interval} | {p} |")
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+    lines = ["| " + " | ".join(head) + f" | {a_label} | {b_label} | {b_label} - {a_label} | 95% interval | Welch p "
+             "| Holm p | seed ranges |", "|" + "---|" * (len(head) + 7)]
+    tests = []
+    for _, a, b, key, _ in items:
+        seeds_a, seeds_b = a.get("by_seed", {}).get(key, []), b.get("by_seed", {}).get(key, [])
+        tests.append((welch(seeds_a, seeds_b), ranges_apart(seeds_a, seeds_b)))
+    adjusted = holm([test["p"] if test else None for test, _ in tests])
+    for (cells, a, b, key, digits), (test, apart), p_holm in zip(items, tests, adjusted):
+        if test:
+            interval, p = f"{test['low']:+.{digits + 1}f} to {test['high']:+.{digits + 1}f}", fmt_p(test["p"])
+        elif min(len(a["seeds"]), len(b["seeds"])) < 2:
+            interval = p = "one seed"
+        else:
+            interval, p = "no spread", "n/a"
+        ranges = "n/a" if apart is None else "apart" if apart else "overlap"
+        sides = [f"{fmt(r[key], r[key + '_std'], digits)} ({len(r['seeds'])})" for r in (a, b)]
+        lines.append("| " + " | ".join(cells + sides) + f" | {b[key] - a[key]:+.{digits + 1}f} | {interval} | {p} "
+                     f"| {fmt_p(p_holm)} | {ranges} |")
+    if not items:
+        return ""
+    n = sum(p is not None for p in adjusted)
+    return "\n".join(lines) + (f"\n\nHolm's adjustment is over the {n} Welch tests of this table.\n" if n else "\n")
+
+
+def rows_of(summary, model="VAE", **settings):
+    """A summary's rows of one model whose settings are exactly `settings`, by latent size."""
+    return {r["latent"]: r for r in summary if r["model"] == model and r["settings"] == settings}
+
+
+def arms_table(arms, latents, metrics=STUDY_METRICS):
+    """Several configurations ("arms": (label, {latent: row})) at the same latent sizes, one row per arm
+    and size: mean ± std over the seeds, their number beside."""
+    lines = ["| arm | latent | seeds | " + " | ".join(name for name, _, _ in metrics) + " |",
+             "|" + "---|" * (3 + len(metrics))]
+    for label, rows in arms:
+        for latent in latents:
+            r = rows.get(latent)
+            if r is not None:
+                lines.append(f"| {label} | {latent} | {len(r['seeds'])} | "
+                             + " | ".join(fmt(r.get(key), r.get(key + "_std"), digits) for _, key, digits in metrics)
+                             + " |")
+    return "\n".join(lines) + "\n"
+
+
+def arms_comparison(a_rows, b_rows, latents, metrics, labels):
+    """Two arms ({latent: row} each) compared size by size (comparison_table)."""
+    return comparison_table([(a_rows[n], b_rows[n]) for n in latents if n in a_rows and n in b_rows], metrics, labels)
+
+
+def plateau_table(arms, steps, metric=("test MSE, z = mu", "test_mse", 4)):
+    """Within each arm ((label, {latent: row})), the change of one metric from one latent size to a
+    larger one (steps: ((20, 50), ...)), tested as tested_table does: does the error still fall, or rise?"""
+    name, key, digits = metric
+    items = [([label, f"{small} to {large}"], rows[small], rows[large], key, digits)
+             for label, rows in arms for small, large in steps if small in rows and large in rows]
+    return tested_table(["arm", "latent"], items, ("smaller", "larger"))
 
 
 def terms(summary):
@@ -310,13 +368,16 @@ def report(results):
 
 def bits_per_dim_table(rows):
     """scripts/bits_per_dim.py's rows: each Gaussian-decoder VAE's bits per dimension of the dequantized
-    test bytes, the k-sample bound's and the ELBO's, beside its decoder's sigma."""
-    lines = ["| decoder | latent | seed | decoder sigma | test images | k | bits/dim, k-sample bound "
-             "| bits/dim, ELBO |",
-             "|" + "---|" * 8]
+    test bytes, the k-sample bound's and the ELBO's, with its decoder's sigma and with the sigma refitted
+    on the training images, beside the scalar-variance floor at its error (metrics.gaussian_elbo_bits)."""
+    lines = ["| decoder | latent | seed | k | decoder sigma | bits/dim, k-sample bound | bits/dim, ELBO "
+             "| refitted sigma | bits/dim, refitted, k-sample | bits/dim, refitted, ELBO | ELBO floor at its MSE |",
+             "|" + "---|" * 11]
     names = {"mse": "fixed sigma² = 1/2 (the study's)", "gaussian": "learned sigma",
              "gaussian-optimal": "optimal sigma"}
     for r in sorted(rows, key=lambda r: (r["recon"] != "mse", r["recon"], r["latent"], r["seed"])):
-        lines.append(f"| {names[r['recon']]} | {r['latent']} | {r['seed']} | {r['decoder_sigma']:.4f} | "
-                     f"{r['images']:,} | {r['samples']} | {r['bits_per_dim']:.3f} | {r['bits_per_dim_k1']:.3f} |")
+        lines.append(f"| {names[r['recon']]} | {r['latent']} | {r['seed']} | {r['samples']} "
+                     f"| {r['decoder_sigma']:.4f} | {r['bits_per_dim']:.3f} | {r['bits_per_dim_k1']:.3f} "
+                     f"| {fmt(r.get('refitted_sigma'))} | {fmt(r.get('bits_per_dim_refitted'), digits=3)} "
+                     f"| {fmt(r.get('bits_per_dim_refitted_k1'), digits=3)} | {fmt(r.get('elbo_floor'), digits=3)} |")
     return "\n".join(lines) + "\n" if rows else ""

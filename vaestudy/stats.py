@@ -1,5 +1,7 @@
 """From a results.json's runs to its summary: mean and spread over seeds per model, variant and latent
-size, the latent-size selection rule, and the rows of a beta sweep."""
+size, the latent-size selection rule, the tests that compare configurations, and the rows of a beta
+sweep."""
+import itertools
 import math
 
 import torch
@@ -54,30 +56,37 @@ def select_latent(val_mse, tolerance=TOLERANCE):
     return lowest, within
 
 
+def selection_shares(rows, tolerance=TOLERANCE):
+    """How stable the selection is over the seeds: the latent size the rule picks for every combination
+    of one seed per latent size (3 seeds at 6 sizes: 3^6 = 729 combinations), as ([[latent, count], ...]
+    most chosen first, the number of combinations). Seeds are independent runs, so no seed of one size
+    belongs with a seed of the same number at another; every pairing is counted alike."""
+    values = [[v for v in r.get("by_seed", {}).get("val_mse", []) if v is not None] for r in rows]
+    if not rows or any(not v for v in values):  # a results.json written before every metric was kept per seed
+        return [], 0
+    latents, counts = [r["latent"] for r in rows], {}
+    for combination in itertools.product(*values):
+        chosen = select_latent(dict(zip(latents, combination)), tolerance)[1]
+        counts[chosen] = counts.get(chosen, 0) + 1
+    shares = sorted([[latent, n] for latent, n in counts.items()], key=lambda c: (-c[1], c[0]))
+    return shares, math.prod(map(len, values))
+
+
 def selections(summary, tolerance=TOLERANCE):
     """The latent-size choice within each model and variant, keyed "VAE" or "VAE (beta 0.5)": on the
-    seeds' mean validation MSE (the headline), and seed by seed, for every seed trained at every size
-    of the group, with how many seeds chose each size."""
+    seeds' mean validation MSE (the headline), and its share over every combination of one seed per
+    size (selection_shares)."""
     chosen = {}
     for row in summary:
         key = group_label(row["model"], row["variant"])
         if key not in chosen:
             rows = [r for r in summary if (r["model"], r["variant"]) == (row["model"], row["variant"])]
             lowest, within = select_latent({r["latent"]: r["val_mse"] for r in rows}, tolerance)
-            seeds = sorted(set.intersection(*(set(r["seeds"]) for r in rows)))
-
-            def val_mse(r, seed):  # None for a results.json written before every metric was kept per seed
-                return r.get("by_seed", {}).get("val_mse", [None] * len(r["seeds"]))[r["seeds"].index(seed)]
-            by_seed = [[seed, select_latent({r["latent"]: val_mse(r, seed) for r in rows}, tolerance)[1]]
-                       for seed in seeds]
-            counts = {}
-            for _, latent in by_seed:
-                if latent is not None:
-                    counts[latent] = counts.get(latent, 0) + 1
+            shares, combinations = selection_shares(rows, tolerance)
             chosen[key] = {"model": row["model"], "variant": row["variant"], "lowest_val_mse": lowest,
                            "selected": within, "val_mse": {r["latent"]: r["val_mse"] for r in rows},
-                           "selected_by_seed": by_seed,  # [[seed, latent], ...]: lists survive JSON as they are
-                           "seed_counts": sorted([[latent, n] for latent, n in counts.items()], key=lambda c: -c[1])}
+                           # [[latent, combinations choosing it], ...]: lists survive JSON as they are
+                           "combination_counts": shares, "combinations": combinations}
     return chosen
 
 
@@ -156,6 +165,29 @@ def prediction_interval(values, level=0.95):
     s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = student_t_quantile(0.5 + level / 2, n - 1) * s * math.sqrt(1 + 1 / n)
     return mean - half, mean + half
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of p-values for the number of tests made together (Holm 1979): the
+    i-th smallest of m becomes max over j <= i of min(1, (m - j + 1) p_(j)). It keeps the chance of
+    any false finding among the m at the level without assuming the tests independent. None (no test)
+    stays None and is not counted."""
+    ranked = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    adjusted, running = [None] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def ranges_apart(a, b):
+    """Whether two sets of seeds' values do not overlap: every value of one above every value of the
+    other. With 3 seeds against 3 this is what an exact permutation test can see at its smallest p,
+    2 / 20 = 0.10 two-sided; None where a side has fewer than two values."""
+    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return max(a) < min(b) or max(b) < min(a)
 
 
 def beta_of(row):

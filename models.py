@@ -203,20 +203,22 @@ def log_likelihood(logits, x, recon="bce", log_sigma2=None):
     return gaussian_log_likelihood(squared_error, log_sigma2, x.shape[-1])
 
 
-def log_weights(model, x, k, recon="bce", posterior=None, logits=None, with_logits=False):
+def log_weights(model, x, k, recon="bce", posterior=None, logits=None, with_logits=False, log_sigma2=None):
     """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x) per image, shape (k, batch):
     their log-mean-exp is the k-sample importance-weighted bound on log p(x) (Burda et al., 2016),
     its mean for k = 1 the ELBO. Gradients reach the model through the reparameterized draws.
     posterior: (mu, logvar) of x when the caller has them (encoded once for many calls); logits: a
     function of z (N, latent) giving the decoder's logits (N, pixels), by default model.logits.
-    with_logits: also return the decoder's logits, shape (k, batch, pixels)."""
+    with_logits: also return the decoder's logits, shape (k, batch, pixels). log_sigma2: a Gaussian
+    decoder's log-variance in place of the model's own."""
     mu, logvar = model.encode(x) if posterior is None else posterior
     eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps
     log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
     log_posterior = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
     decoded = (model.logits if logits is None else logits)(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
-    log_w = log_likelihood(decoded, x, recon, model.log_sigma2) + log_prior - log_posterior
+    log_sigma2 = model.log_sigma2 if log_sigma2 is None else log_sigma2
+    log_w = log_likelihood(decoded, x, recon, log_sigma2) + log_prior - log_posterior
     return (log_w, decoded) if with_logits else log_w
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -134,9 +135,15 @@ def test_classifier_measurements(mnist_dir, outputs):
         assert entry["classifier_accuracy"] < test_accuracy - 0.1, "tiny models lose digits the originals keep"
         assert entry["frechet_distance"] > floor >= 0, "tiny models generate worse than real images"
         assert ("active_units" in entry) == (entry["model"] == "VAE")
+        assert ("frechet_aggregate" in entry) == ("mutual_information" in entry) == (entry["model"] == "VAE")
         if entry["model"] == "VAE":
             variances = ((means - means.mean(0)) ** 2).sum(0) / (len(means) - 1)
             assert entry["active_units"] == sum(v > 0.01 for v in variances.tolist())
+            assert entry["frechet_aggregate"] > floor
+            # the split of the KL adds up to it, but for one draw of z per image
+            split = entry["mutual_information"] + entry["marginal_kl"]
+            assert split == pytest.approx(entry["test"]["kl"], rel=0.05, abs=0.05)
+            assert 0 <= entry["mutual_information"] <= math.log(len(test_x)) + 1e-9
     for name in ("classifier_accuracy.jpg", "frechet_distance.jpg", "VAE/active_units.jpg"):
         with Image.open(outputs / name) as image:
             assert image.format == "JPEG" and image.size == (700, 450)

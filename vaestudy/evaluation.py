@@ -23,6 +23,7 @@ from vaestudy.metrics import (
     encode_means,
     finite_or_none,
     generate,
+    kl_split_of,
     log_px,
     measure,
     reconstruct,
@@ -62,6 +63,7 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
     codes = encode_means(model, test_x)
     if config.model == "vae":
         entry["active_units"] = active_units(codes)
+        entry["mutual_information"], entry["marginal_kl"] = map(finite_or_none, kl_split_of(model, test_x, seed))
     else:
         entry["dead_units"] = dead_units(codes)
     for m in METRICS:  # the metrics that measure themselves from the model (metrics.Metric)
@@ -71,15 +73,18 @@ def measure_run(run, splits, seed, judge=None, nll_samples=0, nll_precision="fp3
         net, test_features = judge
         reconstructions = reconstruct(model, test_x)
         entry["classifier_accuracy"] = finite_or_none(accuracy(net, reconstructions, test_y))
-        try:
-            samples = generate(model, splits["train"][0], N_GENERATED, seed)
-            entry["frechet_distance"] = finite_or_none(frechet_distance(features(net, samples), test_features))
-        except RuntimeError:  # a code distribution too degenerate to fit or factor
-            entry["frechet_distance"] = None
+        # the VAE's samples twice: from its prior, and from a Gaussian fitted to its training codes as the
+        # Autoencoder's are, which tells whether prior draws fall where no image was encoded
+        for key, aggregate in [("frechet_distance", False)] + [("frechet_aggregate", True)] * (config.model == "vae"):
+            try:
+                samples = generate(model, splits["train"][0], N_GENERATED, seed, aggregate)
+                entry[key] = finite_or_none(frechet_distance(features(net, samples), test_features))
+            except RuntimeError:  # a code distribution too degenerate to fit or factor
+                entry[key] = None
     return entry
 
 
-MEASURES_VERSION = 1  # bump when measure_run measures differently: every cached measurement is then redone
+MEASURES_VERSION = 2  # bump when measure_run measures differently: every cached measurement is then redone
 
 
 def sha256(path):

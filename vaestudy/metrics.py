@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
-from models import iw_bound, log_weights, loss_terms, matmul_precision
+from models import LOG_2PI, iw_bound, log_weights, loss_terms, matmul_precision
 from vaestudy.runs import defines_likelihood
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
@@ -51,25 +51,74 @@ def reconstruct(model, x, batch_size=10000):
     return torch.cat([model.eval()(xb, sample=False)[0] for xb in x.split(batch_size)])
 
 
-def latent_prior(model, train_x):
-    """(mean, scale) of the Gaussian that decoded samples come from: the VAE's prior N(0, I), which
-    its KL term pulls its codes towards; for the Autoencoder, which has no prior, a full-covariance
-    Gaussian fitted to its training codes (more fitted to its codes than the VAE's prior is to its
-    own, so its samples are not drawn on the same terms). z = mean + scale @ eps, eps ~ N(0, I)."""
+@torch.no_grad()
+def encode_posteriors(model, x, batch_size=10000):
+    """(mu, logvar) of every image, float64: the VAE's q(z|x), or the Autoencoder's code and None."""
+    parts = [model.eval().encode(xb) for xb in x.split(batch_size)]
+    mu = torch.cat([p[0] for p in parts]).double()
+    return mu, None if parts[0][1] is None else torch.cat([p[1] for p in parts]).double()
+
+
+def fitted_gaussian(model, x):
+    """(mean, scale) of the full-covariance Gaussian moment-matched to the codes of the images x: the
+    Autoencoder's codes, or the VAE's aggregate posterior q(z) = 1/N sum_n q(z|x_n), whose covariance
+    is the posterior means' covariance plus the mean posterior variance (the law of total variance)."""
+    mu, logvar = encode_posteriors(model, x)
+    latent = mu.shape[1]
+    cov = torch.cov(mu.T).reshape(latent, latent)
+    if logvar is not None:
+        cov = cov + torch.diag(logvar.exp().mean(0))
+    jitter = 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=mu.device, dtype=cov.dtype)
+    return mu.mean(0).float(), torch.linalg.cholesky(cov + jitter).float()
+
+
+def latent_prior(model, train_x, aggregate=False):
+    """(mean, scale) of the Gaussian that decoded samples come from, z = mean + scale @ eps, eps ~ N(0, I):
+    the VAE's prior N(0, I), which its KL term pulls its codes towards; for the Autoencoder, which has
+    no prior, and for the VAE with `aggregate`, a full-covariance Gaussian fitted to the training codes
+    (fitted_gaussian). The Autoencoder's samples and the VAE's prior samples are therefore not drawn on
+    the same terms; the VAE's aggregate samples are drawn on the Autoencoder's."""
     latent, device = model.config.latent, train_x.device
-    if model.config.model == "vae":
+    if model.config.model == "vae" and not aggregate:
         return torch.zeros(latent, device=device), torch.eye(latent, device=device)
-    codes = encode_means(model, train_x).double()
-    mean, cov = codes.mean(0), torch.cov(codes.T).reshape(latent, latent)
-    jitter = 1e-6 * cov.diagonal().mean() * torch.eye(latent, device=device, dtype=cov.dtype)
-    return mean.float(), torch.linalg.cholesky(cov + jitter).float()
+    return fitted_gaussian(model, train_x)
 
 
 @torch.no_grad()
-def generate(model, train_x, n, seed):
-    mean, scale = latent_prior(model, train_x)
+def generate(model, train_x, n, seed, aggregate=False):
+    mean, scale = latent_prior(model, train_x, aggregate)
     eps = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed)).to(mean.device)
     return torch.cat([model.eval().decode(mean + zb @ scale.T) for zb in eps.split(10000)])
+
+
+def kl_split(mu, logvar, generator, chunk=1000):
+    """The mean KL(q(z|x) || p(z)) over N images x, split as Hoffman and Johnson (2016) do into the
+    mutual information I(x; z) between the image index and its code, under the joint of x uniform
+    over the images and z ~ q(z|x), and the marginal KL(q(z) || p(z)) of the aggregate posterior
+    q(z) = 1/N sum_n q(z|x_n) from the prior N(0, I): mean KL = I(x; z) + KL(q(z) || p(z)). Both
+    are expectations over z, estimated with one draw z_n ~ q(z|x_n) per image; log q(z_n) is exact,
+    a log-mean-exp over all N posteriors. I(x; z) of N images is at most log N (x carries no more).
+    mu, logvar: (N, latent) float64. Returns (mutual information, marginal KL) in nats."""
+    n, latent = mu.shape
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+    z = mu + (0.5 * logvar).exp() * eps
+    log_q_given_own = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(1)
+    log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(1)
+    # log q(z_i | x_j) = -0.5 sum_d [(z_id - mu_jd)^2 / var_jd + logvar_jd + log 2 pi], the square expanded
+    # so that the N x N pairs are two matrix products, `chunk` rows of z at a time
+    precision = (-logvar).exp()
+    constant = (mu.pow(2) * precision + logvar).sum(1) + latent * LOG_2PI
+    log_aggregate = torch.cat([
+        torch.logsumexp(-0.5 * (zc.pow(2) @ precision.T - 2 * zc @ (mu * precision).T + constant), dim=1)
+        for zc in z.split(chunk)]) - math.log(n)
+    return (log_q_given_own - log_aggregate).mean(), (log_aggregate - log_prior).mean()
+
+
+@torch.no_grad()
+def kl_split_of(model, x, seed):
+    """kl_split of the VAE's posteriors of the images x, its draws from a seeded stream of their own."""
+    mu, logvar = encode_posteriors(model, x)
+    return kl_split(mu, logvar, torch.Generator().manual_seed(seed))
 
 
 def last_level_cache_bytes():
@@ -125,14 +174,16 @@ class FastDecoder:
 
 
 @torch.no_grad()
-def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=None, progress=None, precision="fp32"):
+def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=None, progress=None, precision="fp32",
+           log_sigma2=None):
     """The k-sample importance-weighted estimate of log p(x) for each image, in nats (Burda et al.,
     2016): log (1/k sum_i p(x|z_i) p(z_i) / q(z_i|x)), z_i ~ q(z|x). It is a lower bound that rises
     with k towards log p(x); k = 1 is the ELBO. Each image is encoded once; its k draws go through
     the decoder `chunk` at a time (by default as many as make chunk_rows rows with the batch), so
     memory stays bounded on any device; the draws come from a seeded stream of their own.
     precision "bf16" runs the encoder's and decoder's matmuls in bfloat16; the log weights and their
-    log-sum-exp stay float32 (python bench.py --nll-checkpoint measures what it changes)."""
+    log-sum-exp stay float32 (python bench.py --nll-checkpoint measures what it changes). log_sigma2: a
+    Gaussian decoder's log-variance in place of the model's own."""
     estimates, rows = [], chunk_rows(max(model.config.hidden + (model.config.input_dim,)), x.device)
     draws = chunk or max(1, rows // min(batch_size, len(x)))
 
@@ -146,7 +197,8 @@ def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=None, progres
         for xb in x.split(batch_size):
             with matmul_precision(precision, x.device.type):
                 posterior = model.encode(xb)
-            log_w = torch.cat([log_weights(model, xb, min(draws, k - done), recon, posterior, logits)
+            log_w = torch.cat([log_weights(model, xb, min(draws, k - done), recon, posterior, logits,
+                                           log_sigma2=log_sigma2)
                                for done in range(0, k, draws)])
             estimates.append(iw_bound(log_w))
             if progress is not None:
@@ -230,6 +282,24 @@ def bits_per_dim(log_density, pixels):
     return -(log_density - pixels * math.log(BYTE_LEVELS)) / (pixels * math.log(2))
 
 
+def gaussian_elbo_bits(mse, kl, sigma2, pixels):
+    """The ELBO of a Gaussian decoder of one variance sigma2 for every pixel, in bits per dimension of
+    dequantized bytes, from its per-pixel squared error at sampled z and its KL (nats per image):
+    8 + [1/2 ln(2 pi sigma2) + mse / (2 sigma2)] / ln 2 + kl / (pixels ln 2). Over sigma2 its
+    reconstruction part is least at sigma2 = mse, where it is 8 + 1/2 log2(2 pi e mse): with kl = 0,
+    the floor that no scalar variance can go below at that error."""
+    reconstruction = 0.5 * math.log(2 * math.pi * sigma2) + mse / (2 * sigma2)
+    return math.log2(BYTE_LEVELS) + reconstruction / math.log(2) + kl / (pixels * math.log(2))
+
+
+@torch.no_grad()
+def refitted_sigma2(model, x, seed=0):
+    """The decoder variance that maximises this network's ELBO of the images x, its weights as they
+    are: their per-pixel squared error, decoding one z ~ q(z|x) per image (float64)."""
+    squared_error, _ = per_image_errors(model, x, sample=True, seed=seed)
+    return squared_error.double().mean() / x.shape[1]
+
+
 def dequantized(x, seed):
     """Grey pixels k/255 as their bytes k, each moved by u ~ U[0, 1) and divided by 256, from a seeded
     stream of their own."""
@@ -237,10 +307,13 @@ def dequantized(x, seed):
     return ((x * 255).round() + u) / BYTE_LEVELS
 
 
-def dequantized_bits_per_dim(model, x, k, recon, seed=0, progress=None):
+def dequantized_bits_per_dim(model, x, k, recon, seed=0, progress=None, sigma2=None):
     """The Gaussian decoder's bits per dimension on images x (grey, k/255), from the k-sample bound on
-    the log-density of their dequantization: an upper bound on the bits per pixel (float64 mean)."""
-    log_density = log_px(model, dequantized(x, seed), k, recon, seed=seed, progress=progress)
+    the log-density of their dequantization: an upper bound on the bits per pixel (float64 mean).
+    sigma2: measure the network with this decoder variance in place of its own (refitted_sigma2)."""
+    log_sigma2 = None if sigma2 is None else torch.as_tensor(sigma2, dtype=torch.float32, device=x.device).log()
+    log_density = log_px(model, dequantized(x, seed), k, "gaussian" if sigma2 is not None else recon, seed=seed,
+                         progress=progress, log_sigma2=log_sigma2)
     return bits_per_dim(log_density.double(), x.shape[1]).mean()
 
 
@@ -303,6 +376,11 @@ METRICS = (
            "size", lower_is_better=True, read=lambda e: e["val"]["mse"]),
     Metric("test_kl", "KL (nats)", 2, "the VAE's KL(q(z|x) || N(0, I)) per test image: the rate, the nats its code "
            "carries", runs="vae", read=lambda e: e["test"]["kl"] if e["model"] == "VAE" else None, headline=True),
+    Metric("mutual_information", "I(x; z) (nats)", 2, "the part of the KL that tells the test images apart: the "
+           "mutual information between an image and its code, at most log 10,000 = 9.21 nats (Hoffman and Johnson "
+           "2016)", runs="vae"),
+    Metric("marginal_kl", "KL(q(z) || p(z)) (nats)", 2, "the rest of the KL: how far the codes of all test images "
+           "together, the aggregate posterior q(z), lie from the prior N(0, I)", runs="vae"),
     Metric("top_dim_kl", "top dim. KL (nats)", 2, "the KL of the VAE's busiest latent dimension: the largest mean "
            "test KL of any one dimension", runs="vae", measure=top_dimension_kl),
     Metric("test_nll", "test NLL (nats)", 2, "minus the k-sample importance-weighted estimate of log p(x) per "
@@ -336,4 +414,7 @@ METRICS = (
            "decoded samples (the VAE's z from its prior N(0, I), the Autoencoder's from a full-covariance Gaussian "
            "fitted to its training codes) and of the test images", lower_is_better=True,
            plot=("Frechet distance to test features (lower is better)", "Quality of decoded samples")),
+    Metric("frechet_aggregate", "Frechet dist., q(z) fit", 2, "the VAE's Frechet distance with its samples' z drawn "
+           "instead from a full-covariance Gaussian fitted to its training images' codes, the aggregate posterior "
+           "q(z) (the Autoencoder's protocol)", lower_is_better=True, runs="vae"),
 )

@@ -13,7 +13,15 @@ import train
 from models import ModelConfig, build_model, gaussian_log_likelihood, log_likelihood, loss_terms
 from vaestudy.checkpoints import load_run
 from vaestudy.data import N_VAL, load_splits, split_indices
-from vaestudy.metrics import bits_per_dim, dequantized, log_px
+from vaestudy.metrics import (
+    bits_per_dim,
+    dequantized,
+    dequantized_bits_per_dim,
+    gaussian_elbo_bits,
+    log_px,
+    per_image_errors,
+    refitted_sigma2,
+)
 from vaestudy.runs import TrainConfig, checkpoint_path, variant_label
 from vaestudy.step import make_optimizer, make_step
 
@@ -170,12 +178,45 @@ def test_the_script_measures_bits_per_dim_and_refuses_other_decoders(mnist_dir, 
     assert row["images"] == 20 and row["samples"] == 5 and row["bits_per_dim"] <= row["bits_per_dim_k1"] + 0.05
     assert 0 < row["bits_per_dim"] < 20 and row["decoder_sigma"] == pytest.approx(
         math.exp(0.5 * float(load_run(path).model.log_sigma2)))
+    train.main(["--model", "vae", *TINY, "--epochs", "1", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    fixed = checkpoint_path(str(tmp_path), ModelConfig(model="vae", latent=2, hidden=(16,)),
+                            TrainConfig(limit=256, batch_size=64))
+    script.main([fixed, "--samples", "5", "--images", "200", "--data-dir", mnist_dir, "--device", "cpu",
+                 "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert row["decoder_sigma"] == pytest.approx(0.5 ** 0.5) and row["refitted_sigma"] < 0.6, "fitted to its error"
+    assert row["bits_per_dim_refitted_k1"] < row["bits_per_dim_k1"], "sigma² = 1/2 is not this network's best"
+    assert row["elbo_floor"] <= row["bits_per_dim_refitted_k1"], "no scalar variance goes below the floor"
+    assert row["elbo_floor"] == pytest.approx(8 + 0.5 * math.log2(2 * math.pi * math.e * row["test_mse_sampled"]))
     train.main(["--model", "vae", "--recon", "bce", *TINY, "--epochs", "1", "--data-dir", mnist_dir,
                 "--out", str(tmp_path)])
     bce = checkpoint_path(str(tmp_path), ModelConfig(model="vae", latent=2, hidden=(16,)),
                           TrainConfig(recon="bce", limit=256, batch_size=64))
     with pytest.raises(Exception, match="has no Gaussian decoder"):
         script.main([bce, "--data-dir", mnist_dir, "--device", "cpu"])
+
+
+def test_the_elbo_in_bits_is_its_formula_from_mse_and_kl_and_the_refitted_variance_is_its_best(mnist_dir):
+    """For a scalar-variance Gaussian decoder the k = 1 estimate of the dequantized bits per dimension is
+    8 + [1/2 ln(2 pi sigma²) + MSE / (2 sigma²)] / ln 2 + KL / (784 ln 2), MSE at sampled z, up to the
+    draws' noise; over sigma² it is least near the refitted variance, the network's own sampled MSE."""
+    x = load_splits(mnist_dir, 0, "cpu")["test"][0][:2000]
+    model = tiny_vae("gaussian-optimal").eval()
+    y = dequantized(x, seed=0)
+    with torch.no_grad():
+        model.log_sigma2.fill_(math.log(0.05))
+        squared_error, kl = per_image_errors(model, y, sample=True, seed=1)
+        measured = float(dequantized_bits_per_dim(model, x, 1, "gaussian-optimal", seed=0))
+    formula = gaussian_elbo_bits(float(squared_error.mean()) / 784, float(kl.mean()), 0.05, 784)
+    assert measured == pytest.approx(formula, abs=0.01)
+    refitted = float(refitted_sigma2(model, x, seed=0))
+    assert refitted == pytest.approx(float(squared_error.mean()) / 784, rel=0.05)
+    with torch.no_grad():
+        bits = {factor: float(dequantized_bits_per_dim(model, x, 1, "gaussian-optimal", 0, sigma2=refitted * factor))
+                for factor in (0.7, 1.0, 1.4)}
+    assert bits[1.0] < bits[0.7] and bits[1.0] < bits[1.4]
+    assert float(model.log_sigma2) == pytest.approx(math.log(0.05)), "the model keeps its own variance"
+    assert gaussian_elbo_bits(0.01, 0.0, 0.01, 784) == pytest.approx(8 + 0.5 * math.log2(2 * math.pi * math.e * 0.01))
 
 
 def test_the_study_split_is_numpys_permutation_with_seed_0():

@@ -3,6 +3,7 @@
     python train.py                          # the whole study: both models, latent 2 5 10 20 50 100
     python train.py --model vae --latent 20  # one run
     python train.py --model vae --beta 0.5   # a variant: its own files, under output/VAE/beta_0.5/
+    python train.py --resume                 # continue (or skip) the runs already there; --overwrite retrains them
 """
 import argparse
 import sys
@@ -42,7 +43,11 @@ def get_args(argv=None):
     g.add_argument("--epochs", type=int, default=STUDY_EPOCHS,
                    help="epochs per run (default: %(default)s, the study's)")
     g.add_argument("--resume", action="store_true",
-                   help="continue each run from its checkpoint; finished runs are skipped (default: off)")
+                   help="continue each run from its checkpoint to --epochs; finished runs are skipped (default: off: "
+                        "a run whose checkpoint exists is refused, before anything trains)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="retrain runs whose checkpoints exist from scratch, each replaced at its first save "
+                        "(default: off)")
     g = p.add_argument_group("what a run learns: any value but the default (the study's) makes a variant, a run "
                              "with files of its own (vaestudy/runs.py)")
     g.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
@@ -106,6 +111,11 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be positive")
+    if args.resume and args.overwrite:
+        p.error("--resume continues a run and --overwrite retrains it: choose one")
+    if args.overwrite and args.launcher != "none":
+        p.error("--overwrite retrains in this process only (a requeued job must resume): drop --launcher, or move "
+                "the runs' checkpoints away first")
     if not args.save_every_s >= 0:
         p.error("--save-every-s must not be negative")
     for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):

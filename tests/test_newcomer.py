@@ -60,10 +60,11 @@ def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(mnist_dir, tmp_pat
     assert not list(tmp_path.rglob("*.pt"))
 
 
-def test_resume_without_a_checkpoint_says_it_starts_afresh(mnist_dir, tmp_path, capsys):
+def test_resume_without_a_checkpoint_says_what_it_will_do(mnist_dir, tmp_path, capsys):
     train.main(["--model", "ae", "--latent", "2", "--epochs", "1", *TINY, "--data-dir", mnist_dir,
                 "--out", str(tmp_path), "--resume"])
-    assert "Autoencoder_latent_2.pt to resume: starting afresh" in capsys.readouterr().out
+    assert ("--resume: 0 finished (skipped), 0 to continue from its checkpoint, 1 to start afresh, of 1 planned"
+            in capsys.readouterr().out)
 
 
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):

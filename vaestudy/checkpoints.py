@@ -18,6 +18,7 @@ import torch
 
 from models import ModelConfig, build_model
 from vaestudy.cli import UserError
+from vaestudy.datasets import DATASETS, DEFAULT
 from vaestudy.files import atomic_write, versions
 from vaestudy.runs import TrainConfig, checkpoint_path, run_name, train_config, variant, variant_label
 
@@ -230,18 +231,25 @@ def load_run(path, device="cpu"):
     return Run(path, *load_checkpoint(path, device))
 
 
-def load_runs(folder, device="cpu"):
-    """Every finished run under folder, ordered by (model, variant, latent size, seed). Unfinished
-    runs (in progress, or interrupted) are left out with a note, and so is a second file of the same
-    identity (possible only for files written before names carried the variant)."""
-    paths = sorted(glob.glob(os.path.join(folder, "*", "**", "*_latent_*.pt"), recursive=True))
+def load_runs(folder, device="cpu", dataset=DEFAULT):
+    """Every finished run of a dataset under folder (datasets.dataset_folder: MNIST's at the top,
+    another's in its own folder), ordered by (model, variant, latent size, seed). Another dataset's
+    folders are not looked into; unfinished runs (in progress, or interrupted) are left out with a
+    note, and so is a second file of the same identity (possible only for files written before names
+    carried the variant)."""
+    others = tuple(os.path.join(folder, name) + os.sep for name in DATASETS if name != dataset)
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "*", "**", "*_latent_*.pt"), recursive=True)
+                   if not p.startswith(others))
     if not paths:
-        raise UserError(f"no checkpoints under {folder}: run python train.py first")
+        flag = "" if dataset == DEFAULT else f" --dataset {dataset}"
+        raise UserError(f"no checkpoints under {folder}: run python train.py{flag} first")
     runs = {}
     for path in paths:
         run = load_run(path, device)
         identity = (run.config, run.train)
-        if not run.finished:
+        if run.train.dataset != dataset:
+            print(f"leaving out {path}: a run on {run.train.dataset}, not {dataset}", file=sys.stderr)
+        elif not run.finished:
             print(f"leaving out {path}: {run.ckpt['epoch']} of {run.ckpt['epochs']} epochs "
                   "(finish it with python train.py ... --resume)", file=sys.stderr)
         elif identity in runs:

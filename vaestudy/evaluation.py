@@ -1,5 +1,5 @@
 """Measuring the runs that evaluate.py finds: each run's results entry (its measurements on the
-validation and test images), cached beside its checkpoint, and the digit classifier that judges them."""
+validation and test images), cached beside its checkpoint, and the classifier that judges them."""
 import hashlib
 import json
 import os
@@ -13,6 +13,7 @@ from vaestudy.checkpoints import load_runs
 from vaestudy.classifier import accuracy, features, frechet_distance, load_or_train
 from vaestudy.cli import Progress, UserError
 from vaestudy.data import load_splits
+from vaestudy.datasets import dataset_folder
 from vaestudy.device import check_precision, device_name, pick_device, provenance
 from vaestudy.files import atomic_write
 from vaestudy.metrics import (
@@ -133,21 +134,22 @@ def measure_all(args):
     """Every finished run's entry, and the classifier's figures (None with --no-classifier)."""
     device = pick_device(args.device)
     check_precision(args.nll_precision, device)
-    runs = load_runs(args.checkpoints or args.out, device)
+    out = dataset_folder(args.out, args.dataset)
+    runs = load_runs(dataset_folder(args.checkpoints or args.out, args.dataset), device, args.dataset)
     loaded = {}
 
     def splits(split_seed, binarize=False):  # the images runs are measured on, each set loaded once
         if (split_seed, binarize) not in loaded:
             loaded[split_seed, binarize] = load_splits(args.data_dir, split_seed, device, fetch=False,
-                                                       binarize=binarize)
+                                                       binarize=binarize, dataset=args.dataset)
         return loaded[split_seed, binarize]
 
     judge, classifier_info = None, None
     if not args.no_classifier:
         split_seed = min((run.train.split_seed for run in runs), key=lambda s: (isinstance(s, str), s))
         reference = splits(split_seed)
-        path = args.classifier or os.path.join(args.out, "classifier.pt")
-        net, test_accuracy = load_or_train(path, reference, split_seed)
+        path = args.classifier or os.path.join(out, "classifier.pt")
+        net, test_accuracy = load_or_train(path, reference, split_seed, args.dataset)
         test_features = features(net, reference["test"][0])
         judge = (net, test_features)
         floor = finite_or_none(frechet_distance(features(net, reference["val"][0]), test_features))

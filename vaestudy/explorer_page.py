@@ -1,4 +1,5 @@
-"""The latent explorer: a self-contained web page to move through the latent space and draw digits.
+"""The latent explorer: a self-contained web page to move through the latent space and draw digits
+(or, for a Fashion-MNIST run, articles of clothing: the page takes its words and class names from the dataset).
 
     python visualize.py    # writes output/explorer.html with the other figures; open it in any browser
     python explorer.py     # output/explorer.png: the page in headless Chromium, a digit drawn on it
@@ -15,6 +16,7 @@ import sys
 import torch
 
 from models import MODEL_NAMES
+from vaestudy.datasets import MNIST
 from vaestudy.files import atomic_write
 from vaestudy.metrics import active_dims, encode_means, reconstruct
 
@@ -90,7 +92,7 @@ def page_runs(groups, selected):
     return chosen
 
 
-def write_page(chosen, test, path):
+def write_page(chosen, test, path, dataset=MNIST):
     """Fill the template with the chosen runs and write the page; the slider decoder is left out if
     the page would exceed PAGE_LIMIT with it. Returns the page's size in bytes, or None when there
     is no latent-2 model to show."""
@@ -104,11 +106,13 @@ def write_page(chosen, test, path):
     entries = [e for e in entries if "sliders" not in e or e["sliders"]["dims"]]  # no active dimension: no sliders
     with open(TEMPLATE) as f:
         template = f.read()
-    note = ("Weights are stored as int8 with one float32 scale per output row and computed with in float32; "
-            "the page was written by python visualize.py.")
+    note = ("Weights are stored as int8 with one float32 scale per output row, and the page computes in float32; "
+            "it was written by python visualize.py.")
+    words = {"title": dataset.title, "classes": list(dataset.classes), "class_word": dataset.class_word,
+             "noun": dataset.noun}
 
     def fill(models):
-        data = json.dumps({"models": models, "note": note}, separators=(",", ":"), allow_nan=False)
+        data = json.dumps({"models": models, "note": note, "dataset": words}, separators=(",", ":"), allow_nan=False)
         return template.replace("/*DATA*/", data.replace("</", "<\\/"))  # JSON inside a script element
 
     if not any("plane" in e for e in entries):

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from vaestudy.cli import UserError, import_torchvision
+from vaestudy.datasets import MNIST
 from vaestudy.files import save_figure
 from vaestudy.metrics import encode_means, generate, latent_prior, measure, reconstruct
 from vaestudy.plots import integer_axis, plain_log_axis
@@ -20,7 +22,7 @@ from vaestudy.stats import mean_std, select_latent
 
 DPI = 100
 GRID_SIDE = 20  # the latent-2 manifold is decoded on GRID_SIDE x GRID_SIDE points
-PER_DIGIT = 2  # test images of each digit in comparison_1.jpg
+PER_CLASS = 2  # test images of each class (digit) in comparison_1.jpg
 
 
 def plot_mean_band(ax, runs, key, label):
@@ -98,17 +100,17 @@ def decode(model, z):
     return model.eval().decode(z)
 
 
-def comparison_indices(labels, per_digit=PER_DIGIT):
-    """The first `per_digit` test images of every digit, in digit order."""
-    return torch.cat([(labels == d).nonzero().flatten()[:per_digit] for d in range(10)])
+def comparison_indices(labels, per_class=PER_CLASS):
+    """The first `per_class` test images of every class, in the order of the labels."""
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(int(labels.max()) + 1)])
 
 
-def plot_comparison(name, runs, x, path):
+def plot_comparison(name, runs, x, path, dataset=MNIST):
     rows = [x] + [reconstruct(run.model, x) for run in runs]
     labels = ["original"] + [f"latent {run.config.latent}" for run in runs]
     fig, ax = plt.subplots(figsize=(10, grid_height(len(rows), len(x), 8.6)), dpi=DPI, layout="constrained")
     show_grid(ax, torch.cat(rows), nrow=len(x), row_labels=labels,
-              title=f"{name}: test digits and their reconstructions"
+              title=f"{name}: test {dataset.noun}s and their reconstructions"
               + (" (z = mu)" if runs[0].config.model == "vae" else ""))
     save_figure(fig, path)
     plt.close(fig)
@@ -145,8 +147,8 @@ def plot_decoding_grid(name, manifold_model, sample_model, train_x, seed, path):
     plt.close(fig)
 
 
-def plot_latent_space(name, runs, x, labels, path):
-    """Test codes in 2-D coloured by digit: latent 2 as it is, larger codes by their first two
+def plot_latent_space(name, runs, x, labels, path, dataset=MNIST):
+    """Test codes in 2-D coloured by class: latent 2 as it is, larger codes by their first two
     principal components."""
     cols = min(3, len(runs))
     rows = -(-len(runs) // cols)
@@ -166,8 +168,10 @@ def plot_latent_space(name, runs, x, labels, path):
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     vae = runs[0].config.model == "vae"
-    fig.suptitle(f"{name}: test images in latent space" + (" (posterior means)" if vae else ""))
-    fig.colorbar(points, ax=axes, ticks=range(10), label="digit", shrink=0.6)
+    title = f"{name}: test images in latent space" + (" (posterior means)" if vae else "")
+    fig.suptitle("\n".join(textwrap.wrap(title, int(9 * fig.get_figwidth()))))  # one panel is narrow
+    bar = fig.colorbar(points, ax=axes, ticks=range(len(dataset.classes)), label=dataset.class_word, shrink=0.6)
+    bar.ax.set_yticklabels(dataset.classes, fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -176,8 +180,8 @@ INTERPOLATION_PAIRS = [(0, 6), (1, 7), (2, 5), (3, 8), (4, 9)]
 STEPS = 10
 
 
-def plot_interpolation(name, model, x, labels, path):
-    """Decoded straight lines in latent space between the codes of pairs of test digits."""
+def plot_interpolation(name, model, x, labels, path, dataset=MNIST):
+    """Decoded straight lines in latent space between the codes of pairs of test images of two classes."""
     first = {d: x[(labels == d).nonzero()[0, 0]] for d in range(10)}
     starts = encode_means(model, torch.stack([first[a] for a, _ in INTERPOLATION_PAIRS]))
     ends = encode_means(model, torch.stack([first[b] for _, b in INTERPOLATION_PAIRS]))
@@ -185,8 +189,9 @@ def plot_interpolation(name, model, x, labels, path):
     path_codes = (starts[:, None] * (1 - t) + ends[:, None] * t).reshape(-1, starts.shape[1])
     images = decode(model, path_codes)
     fig, ax = plt.subplots(figsize=(8, grid_height(len(INTERPOLATION_PAIRS), STEPS, 7)), dpi=DPI, layout="constrained")
-    show_grid(ax, images, nrow=STEPS, row_labels=[f"{a} to {b}" for a, b in INTERPOLATION_PAIRS],
-              title=f"{name}, latent {model.config.latent}: decoded straight lines between test digits")
+    show_grid(ax, images, nrow=STEPS, row_labels=[f"{dataset.classes[a]} to {dataset.classes[b]}"
+                                                  for a, b in INTERPOLATION_PAIRS],
+              title=f"{name}, latent {model.config.latent}: decoded straight lines between test {dataset.noun}s")
     save_figure(fig, path)
     plt.close(fig)
 
@@ -223,7 +228,7 @@ def selected_latent(selection, name, seeds_by_latent, val):
     return select_latent(val_mse)[1]
 
 
-def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
+def draw(name, seeds_by_latent, folder, splits, shown, selected, seed, dataset=MNIST):
     """Every figure of one model and variant into folder: curves over all seeds, pictures of the
     lowest seed of each latent size."""
     test_x, test_y = splits["test"]
@@ -235,7 +240,7 @@ def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
     if vae:
         plot_curves(seeds_by_latent, "val_kl", "KL divergence per image (nats)", f"{name}: validation KL divergence",
                     os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)
-    plot_comparison(name, runs, shown, os.path.join(folder, "comparison_1.jpg"))
+    plot_comparison(name, runs, shown, os.path.join(folder, "comparison_1.jpg"), dataset)
     selected = selected if selected in seeds_by_latent else max(seeds_by_latent)
     run = seeds_by_latent[selected][0]
     for stale in glob.glob(os.path.join(folder, "train_val_latent_*_MSE.jpg")):  # an earlier selection's
@@ -249,5 +254,5 @@ def draw(name, seeds_by_latent, folder, splits, shown, selected, seed):
     except torch.linalg.LinAlgError:  # the Autoencoder's samples come from a Gaussian fitted to its codes
         raise UserError(f"{name}: its codes are too degenerate to fit a Gaussian to (constant or not finite), "
                         f"so no decoding grid can be drawn; retrain it (the figures before it are written)")
-    plot_latent_space(name, runs, test_x, test_y, os.path.join(folder, "latent_space.jpg"))
-    plot_interpolation(name, run.model, test_x, test_y, os.path.join(folder, "interpolation.jpg"))
+    plot_latent_space(name, runs, test_x, test_y, os.path.join(folder, "latent_space.jpg"), dataset)
+    plot_interpolation(name, run.model, test_x, test_y, os.path.join(folder, "interpolation.jpg"), dataset)

@@ -24,7 +24,8 @@ from submitit.core.utils import FailedJobError
 
 from vaestudy.checkpoints import check_plan, load_run
 from vaestudy.cli import UserError
-from vaestudy.data import ensure_mnist
+from vaestudy.data import ensure_dataset
+from vaestudy.datasets import dataset_folder
 from vaestudy.device import pick_device
 from vaestudy.runs import checkpoint_path, planned_runs, run_name
 
@@ -91,10 +92,10 @@ def launch(args, argv):
     said = check_plan([(c, t, checkpoint_path(args.out, c, t)) for c, t in runs], args.epochs, args.resume)
     if said:  # every job resumes (a requeued one must); a run the user has is kept unless --resume says so
         print(said)
-    ensure_mnist(args.data_dir)  # once, here: compute nodes often have no internet
+    ensure_dataset(args.data_dir, args.dataset)  # once, here: compute nodes often have no internet
     # a job unpickles TrainJob, so it imports this module, wherever it starts
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    folder = os.path.join(args.out, "jobs")  # submitit names each log by its job id
+    folder = os.path.join(dataset_folder(args.out, args.dataset), "jobs")  # submitit names each log by its job id
     if args.launcher == "slurm":
         jobs, groups = slurm_jobs(args, argv, runs, folder)
     else:

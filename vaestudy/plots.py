@@ -3,6 +3,7 @@ every figure shares, visualize.py's included."""
 import math
 import os
 
+from vaestudy.datasets import MNIST
 from vaestudy.files import save_figure
 from vaestudy.metrics import METRICS
 from vaestudy.runs import group_label, variant_folder, variant_label
@@ -86,8 +87,8 @@ def plot_rate_distortion(summary, path):
     plt.close(fig)
 
 
-def plot_results(summary, floor, out):
-    """The plots of the numbers: MSE per digit for each model and variant (all on one y-scale), and
+def plot_results(summary, floor, out, dataset=MNIST):
+    """The plots of the numbers: MSE per class (digit) for each model and variant (all on one y-scale), and
     against latent size with a line per model and variant: active units, dead units, classifier
     accuracy, Frechet distance; and the rate-distortion figure. Returns the files written."""
     import matplotlib
@@ -106,9 +107,12 @@ def plot_results(summary, floor, out):
             spread = r["test_mse_per_digit_std"] if len(r["seeds"]) > 1 and None not in means else None
             ax.errorbar(range(10), means, yerr=spread, marker="o", capsize=3,
                         label=f"{r['latent']}" + (f" ({len(r['seeds'])} seeds)" if spread else ""))
-        ax.set(xticks=range(10), ylim=ylim, xlabel="digit", ylabel="test MSE per pixel",
-               title=f"{group_label(model, label)}: reconstruction error per digit"
+        ax.set(ylim=ylim, xlabel=dataset.class_word, ylabel="test MSE per pixel",
+               title=f"{group_label(model, label)}: reconstruction error per {dataset.class_word}"
                + (" (z = mu)" if model == "VAE" else ""))
+        long_names = max(map(len, dataset.classes)) > 2
+        ax.set_xticks(range(len(dataset.classes)), dataset.classes, rotation=30 if long_names else 0,
+                      ha="right" if long_names else "center", fontsize=8 if long_names else None)
         ax.grid(alpha=0.3)
         ax.legend(title="latent size", ncol=2, fontsize=8)
         written.append(os.path.join(variant_folder(out, model, settings_tuple(rows[0]["settings"])),

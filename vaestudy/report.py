@@ -5,6 +5,7 @@ import textwrap
 
 from models import ModelConfig
 from vaestudy.data import N_VAL
+from vaestudy.datasets import DATASETS, MNIST
 from vaestudy.metrics import METRICS, N_GENERATED
 from vaestudy.published import LITERATURE, REFERENCE_NLL, STUDY
 from vaestudy.runs import STUDY_EPOCHS, TrainConfig, variant_flags
@@ -39,8 +40,8 @@ def short_of_study(rows):
     return [r for r in rows if any(e is not None and e < STUDY_EPOCHS for e in r.get("epochs", []))]
 
 
-def markdown_tables(summary):
-    """The table of every row, then per-digit test MSE."""
+def markdown_tables(summary, dataset=MNIST):
+    """The table of every row, then test MSE per class (digit)."""
     columns = [(m.label, m.key, m.digits) for m in METRICS
                if any(r.get(m.key) is not None for r in summary)]  # results.json may predate one
     # a variant column only where there is more than one variant: the study's table keeps its shape
@@ -51,8 +52,8 @@ def markdown_tables(summary):
         cells = [str(r[k]) for k in keys] + [str(len(r["seeds"])), epochs_text(r.get("epochs"))]
         cells += [fmt(r.get(key), r.get(key + "_std"), digits) for _, key, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Test MSE per digit (z = mu):", "",
-              "| " + " | ".join(keys + [str(d) for d in range(10)]) + " |", "|" + "---|" * (len(keys) + 10)]
+    lines += ["", f"Test MSE per {dataset.class_word} (z = mu):", "",
+              "| " + " | ".join(keys + list(dataset.classes)) + " |", "|" + "---|" * (len(keys) + len(dataset.classes))]
     for r in summary:
         lines.append("| " + " | ".join([str(r[k]) for k in keys] + [fmt(v) for v in r["test_mse_per_digit"]]) + " |")
     return "\n".join(lines) + "\n"
@@ -299,7 +300,7 @@ def terms(summary):
     return "\nTerms:\n\n" + "".join(f"- **{m.label}**: {m.glossary}{better[m.lower_is_better]}\n" for m in shown)
 
 
-def short_runs_note(summary):
+def short_runs_note(summary, dataset=MNIST):
     """What runs of the study's configuration shorter than the study's can show, or "" when none is."""
     short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
     if not short:
@@ -307,7 +308,9 @@ def short_runs_note(summary):
     return (f"Short runs: the study's configuration trained for "
             f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))} here, the study's for "
             f"{STUDY_EPOCHS}. Such runs check that every step works; their errors, reconstructions and selected "
-            "latent sizes are not the study's (results/study/results.md has 50-epoch runs of every size).")
+            "latent sizes are not the study's "
+            f"({'results/study' if dataset is MNIST else 'results/' + dataset.name}/results.md has 50-epoch runs of "
+            "every size).")
 
 
 # the columns evaluate.py prints, with short headings so that a row fits a terminal's 100 columns
@@ -341,26 +344,27 @@ def printed_summary(results, width=100):
 def report(results):
     """results.md: the tables, the selections and the extra tables, all from results.json's contents."""
     summary, info = results["summary"], results["classifier"]
+    dataset = DATASETS[results.get("dataset", MNIST.name)]  # a results.json from before there were others: MNIST
     notes = selection_lines(results["selection"], summary)
     if info:
-        notes.append(f"digit classifier: {info['test_accuracy']:.2%} test accuracy; Frechet distance of the real "
-                     "validation images to the test set (the floor): "
+        notes.append(f"{dataset.title} classifier: {info['test_accuracy']:.2%} test accuracy; Frechet distance of "
+                     "the real validation images to the test set (the floor): "
                      f"{fmt(info['frechet_floor_val_vs_test'], digits=2)} "
                      f"({N_VAL:,} validation images, fewer than the {N_GENERATED:,} samples per model: a larger "
                      "finite-sample bias, so a floor set a little high)")
-    note = short_runs_note(summary)
-    text = (f"{note}\n\n" if note else "") + markdown_tables(summary) + "\n" + "\n".join(f"- {line}" for line in notes)
-    text += "\n" + terms(summary)
-    comparison = study_table(summary)
+    note = short_runs_note(summary, dataset)
+    text = (f"{note}\n\n" if note else "") + markdown_tables(summary, dataset) + "\n"
+    text += "\n".join(f"- {line}" for line in notes) + "\n" + terms(summary)
+    comparison = study_table(summary) if dataset is MNIST else ""  # the study and the literature measured MNIST
     short = short_of_study([r for r in summary if r["variant"] in ("default", "code-relu")])
-    if not comparison and short:
+    if not comparison and short and dataset is MNIST:
         comparison = (f"left out: the runs of the study's configuration here were trained for "
                       f"{epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study's for "
                       f"{STUDY_EPOCHS}; train with --epochs {STUDY_EPOCHS} to compare them.\n")
     for heading, table in (("Against the study's published test results (vaestudy.published.STUDY)", comparison),
                            ("Rate and distortion of the VAE as beta changes", rate_distortion_table(summary)),
                            ("Test NLL beside published models (vaestudy.published.LITERATURE)",
-                            likelihood_table(summary))):
+                            likelihood_table(summary) if dataset is MNIST else "")):
         if table:
             text += f"\n{heading}:\n\n{table}"
     return text

@@ -8,10 +8,13 @@ the study's (the defaults of the two dataclasses):
     output/VAE/VAE_latent_20.pt               the study's configuration, seed 0
     output/VAE/VAE_latent_20_seed_1.pt        the same, seed 1
     output/VAE/beta_0.5/VAE_latent_20.pt      a variant: its settings name its folder, figures included
+    output/fashion-mnist/VAE/VAE_latent_20.pt another dataset: a folder of its own above (datasets.dataset_folder)
 """
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
+
+from vaestudy.datasets import DATASETS, DEFAULT, dataset_folder
 
 PRECISIONS = ("fp32", "bf16")  # the matmuls' number format (models.matmul_precision)
 MODEL_NAMES = {"ae": "Autoencoder", "vae": "VAE"}
@@ -50,6 +53,8 @@ ADDED_LATER = {"added_later": True}
 class TrainConfig:
     """The settings besides the model's that change what a run learns. Epochs are not among them:
     the same run can be continued for longer with --resume."""
+    # what it is trained on (vaestudy/datasets.py); not a variant's name but a folder of its own (checkpoint_path)
+    dataset: str = field(default=DEFAULT, metadata=ADDED_LATER)
     beta: float = 1.0  # weight of the KL term (the VAE's only)
     # reconstruction loss summed over pixels: "mse" (the study's), "bce", "gaussian" (a learned variance) or
     # "gaussian-optimal" (the variance set to its optimum for each batch)
@@ -80,6 +85,7 @@ class TrainConfig:
             (self.recon not in RECONS, f"unknown reconstruction loss {self.recon!r}; use {', '.join(RECONS)}"),
             (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}; use {' or '.join(PRECISIONS)}"),
             (self.iw_samples < 1, "--iw-samples must be at least 1"),
+            (self.dataset not in DATASETS, f"unknown dataset {self.dataset!r}; use {', '.join(DATASETS)}"),
             # MSE on 0/1 pixels would be a Gaussian around values that are never in between: no likelihood of them
             (self.binarize and self.recon != "bce", "--binarize is for the Bernoulli decoder: add --recon bce")]
         for wrong, message in problems:
@@ -136,8 +142,10 @@ def planned_runs(args):
 
 def variant(config, train):
     """The settings that differ from the study's, as ((name, value), ...); model, latent size and
-    seed are the axes of every table, so they are not part of it. () is the study's configuration."""
-    defaults = (ModelConfig(model=config.model, latent=config.latent), TrainConfig(seed=train.seed))
+    seed are the axes of every table, and the dataset has a folder (and results) of its own, so they
+    are not part of it. () is the study's configuration."""
+    defaults = (ModelConfig(model=config.model, latent=config.latent), TrainConfig(seed=train.seed,
+                                                                                   dataset=train.dataset))
     return tuple((f.name, getattr(ours, f.name)) for ours, default in zip((config, train), defaults)
                  for f in fields(ours) if getattr(ours, f.name) != getattr(default, f.name))
 
@@ -184,10 +192,12 @@ def variant_folder(out, model_name, settings):
 
 
 def checkpoint_path(out, config, train):
-    """The one file of a run, e.g. output/VAE/VAE_latent_20.pt; seeds other than 0 add _seed_S."""
+    """The one file of a run, e.g. output/VAE/VAE_latent_20.pt; seeds other than 0 add _seed_S, and
+    another dataset than MNIST puts it under its own folder, e.g. output/fashion-mnist/VAE/."""
     suffix = "" if train.seed == 0 else f"_seed_{train.seed}"
     name = MODEL_NAMES[config.model]
-    return os.path.join(variant_folder(out, name, variant(config, train)), f"{name}_latent_{config.latent}{suffix}.pt")
+    folder = variant_folder(dataset_folder(out, train.dataset), name, variant(config, train))
+    return os.path.join(folder, f"{name}_latent_{config.latent}{suffix}.pt")
 
 
 def objective(config, train):

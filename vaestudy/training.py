@@ -30,7 +30,8 @@ def train_sweep(args):
     """Train every run that train.py's flags (args) plan; returns their checkpoints' paths."""
     device = pick_device(args.device)
     check_precision(args.precision, device)
-    splits = load_splits(args.data_dir, args.split_seed, device, args.limit, binarize=args.binarize)
+    splits = load_splits(args.data_dir, args.split_seed, device, args.limit, binarize=args.binarize,
+                         dataset=args.dataset)
     threads = torch.get_num_threads()  # restored on return: a caller (a test, a notebook) keeps its own
     if args.threads:
         torch.set_num_threads(args.threads)

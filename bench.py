@@ -29,12 +29,12 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from models import PRECISIONS, ModelConfig, build_model, cuda_tf32
+from models import PRECISIONS, ModelConfig, build_model
 from vaestudy.checkpoints import load_run
 from vaestudy.cli import ArgumentParser, UserError, add_place_flags, import_torchvision, run_cli
 from vaestudy.data import ensure_dataset, load_splits, split_indices
 from vaestudy.datasets import DATASETS
-from vaestudy.device import check_precision, flush_subnormals, pick_device
+from vaestudy.device import check_precision, cuda_tf32, flush_subnormals, pick_device, sync
 from vaestudy.files import atomic_write
 from vaestudy.metrics import chunk_rows, log_px, per_image_errors
 from vaestudy.runs import TrainConfig, defines_likelihood
@@ -42,12 +42,6 @@ from vaestudy.step import make_optimizer, make_step, train_epoch
 
 flush_subnormals()  # as train.py does
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def sync(device):
-    """Wait for the device's queued work: a GPU returns from a call before its kernels have run."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seconds(fn, device):

@@ -44,8 +44,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)  # before PyTorch is imported (2 s here): --help and a mistyped flag answer at once
-    from models import cuda_tf32
     from vaestudy.datasets import DATASETS, DEFAULT, dataset_folder
+    from vaestudy.device import cuda_tf32, deterministic_cudnn
     from vaestudy.evaluation import measure_all
     from vaestudy.files import atomic_write
     from vaestudy.plots import plot_results
@@ -65,7 +65,8 @@ def main(argv=None):
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--report-only needs a readable {path} ({getattr(e, 'strerror', None) or e})")
     else:
-        with cuda_tf32(False):  # measured in float32, as the docs say, even on a GPU and after training
+        # measured in float32, as the docs say, even on a GPU and after training, and the same on every run
+        with cuda_tf32(False), deterministic_cudnn():
             (entries, classifier_info), seed = measure_all(args), args.seed
     summary = summarize(entries)
     rule = (f"within each model and variant, lowest validation MSE (z = mu); 'selected' is the smallest latent "

@@ -1,5 +1,4 @@
 """The study's two models, fully connected Autoencoder and VAE, and their loss."""
-import contextlib
 import math
 
 import torch
@@ -84,47 +83,6 @@ def matmul_precision(precision, device_type):
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _tf32_flags():
-    """The two switches of TF32 on CUDA, cuBLAS's matmuls and cuDNN's convolutions, as (get, set)
-    pairs. PyTorch 2.9 added a per-backend API and raises where the old and the new are mixed, so
-    this uses the new one where it exists and the old one only before it."""
-    backends = torch.backends
-    if hasattr(backends.cuda.matmul, "fp32_precision"):
-        def pair(backend):  # set to True, False, or a value read before
-            def set_(on):
-                backend.fp32_precision = on if isinstance(on, str) else "tf32" if on else "ieee"
-            return lambda: backend.fp32_precision, set_
-        return [pair(backends.cuda.matmul), pair(backends.cudnn.conv)]
-
-    def pair(backend):
-        return lambda: backend.allow_tf32, lambda on: setattr(backend, "allow_tf32", on)
-    return [pair(backends.cuda.matmul), pair(backends.cudnn)]
-
-
-@contextlib.contextmanager
-def cuda_tf32(enabled):
-    """Float32 matmuls and convolutions on CUDA in TF32 (enabled: what "fp32" training means on a
-    GPU, about 8x the float32 rate on Ampere and later, ample for these losses) or in full float32
-    (measurements); the caller's setting is back afterwards. The CPU ignores both."""
-    flags = _tf32_flags()
-    before = [get() for get, _ in flags]
-    try:
-        for _, set_ in flags:
-            set_(enabled)
-        yield
-    finally:
-        for (_, set_), value in zip(flags, before):
-            set_(value)
-
-
-def tf32_enabled():
-    """Whether float32 matmuls on CUDA run in TF32 now."""
-    value = _tf32_flags()[0][0]()
-    if value == "none":  # inherits PyTorch's global setting
-        value = torch.backends.fp32_precision
-    return value == "tf32" if isinstance(value, str) else bool(value)
 
 
 def reparameterize(mu, logvar):

@@ -97,9 +97,17 @@ def get_args(argv=None):
     g.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
                    help="none: the runs one after another, here; local: --jobs processes here; slurm: one job "
                         "array on a SLURM cluster (default: none)")
-    g.add_argument("--jobs", type=int, default=2,
-                   help="local: runs at a time, spread over the GPUs (sharing them when there are more jobs than "
-                        "GPUs), else each with a share of the CPU cores (default: 2)")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="local: processes at a time, each training its share of the runs one after another: on "
+                        "GPUs one per GPU (sharing them when there are more jobs than GPUs), else each with a share "
+                        "of the CPU cores (default: one per visible GPU, else 2)")
+    g.add_argument("--runs-per-job", type=int, default=1,
+                   help="slurm: runs one array task trains one after another, paying Python's start, PyTorch's "
+                        "import, a CUDA context and the data once; a study run takes seconds on a GPU, so pack "
+                        "several (python bench.py suggests a number) (default: %(default)s)")
+    g.add_argument("--only-runs", type=int, nargs="+", default=None, metavar="I",
+                   help="train only these of the runs the flags plan, by their place in the plan from 0; what a "
+                        "launcher's job is given (default: all)")
     g.add_argument("--wait", action="store_true",
                    help="slurm: wait for the jobs to end, then report as local does (default: submit and return)")
     g.add_argument("--partition", default=None, help="slurm: partition (default: the cluster's default)")
@@ -107,7 +115,8 @@ def get_args(argv=None):
                    help="time limit of a run in minutes; a run stopped by it is requeued and resumes (default: 60)")
     g.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs per run, 0 for CPU nodes (default: 1)")
     g.add_argument("--cpus-per-run", type=int, default=4, help="slurm: CPUs per run (default: 4)")
-    g.add_argument("--max-running", type=int, default=64, help="slurm: most runs running at once (default: 64)")
+    g.add_argument("--max-running", type=int, default=64,
+                   help="slurm: most array tasks (jobs) running at once (default: 64)")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be positive")
@@ -118,13 +127,15 @@ def get_args(argv=None):
                 "the runs' checkpoints away first")
     if not args.save_every_s >= 0:
         p.error("--save-every-s must not be negative")
-    for name in ("threads", "jobs", "time_min", "cpus_per_run", "max_running"):
+    for name in ("threads", "jobs", "runs_per_job", "time_min", "cpus_per_run", "max_running"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     check_seeds(seed=args.seed, **({} if args.split_seed == STUDY_SPLIT else {"split_seed": args.split_seed}))
     try:
         planned_runs(args)  # every rule on the settings, once, where the configs are made
     except ValueError as e:
+        p.error(str(e))
+    except IndexError as e:  # --only-runs past the plan
         p.error(str(e))
     return args
 

@@ -16,11 +16,10 @@ import torch
 import bench
 import evaluate
 import train
-from models import cuda_tf32, tf32_enabled
 from vaestudy import evaluation, launch, training
 from vaestudy.checkpoints import load_checkpoint, load_run, restore_rng_state, rng_state
 from vaestudy.cli import UserError
-from vaestudy.device import check_precision, device_name
+from vaestudy.device import check_precision, cuda_tf32, device_name, tf32_enabled
 
 TINY = ["--limit", "512", "--batch-size", "128", "--hidden", "16", "--device", "cpu", "--latent", "2"]
 

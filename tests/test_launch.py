@@ -13,7 +13,9 @@ import torch
 from submitit.core.utils import DelayedSubmission
 
 import train
+from vaestudy import launch
 from vaestudy.cli import UserError
+from vaestudy.runs import planned_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vae", "--latent", "2", "3", "--limit", "512", "--batch-size", "128", "--hidden", "32",
@@ -27,12 +29,14 @@ def sweep(mnist_dir, out, *extra):
 
 
 def test_local_jobs_equal_the_sequential_sweep_bit_for_bit(mnist_dir, tmp_path):
-    """With the same threads per run (1), two local jobs give exactly the sequential sweep's runs."""
+    """With the same threads per run (1), two local jobs of two runs each, each job one process, give
+    exactly the sequential sweep's runs."""
     threads = torch.get_num_threads()
-    sequential = sweep(mnist_dir, tmp_path / "seq", "--epochs", "2")
+    sequential = sweep(mnist_dir, tmp_path / "seq", "--epochs", "2", "--latent", "2", "3", "4", "5")
     assert torch.get_num_threads() == threads, "--threads holds for the runs, not for the caller afterwards"
-    parallel = sweep(mnist_dir, tmp_path / "par", "--epochs", "2", "--launcher", "local", "--jobs", "2")
-    assert list(parallel) == list(sequential) == ["VAE_latent_2.pt", "VAE_latent_3.pt"]
+    parallel = sweep(mnist_dir, tmp_path / "par", "--epochs", "2", "--latent", "2", "3", "4", "5",
+                     "--launcher", "local", "--jobs", "2")
+    assert list(parallel) == list(sequential) == [f"VAE_latent_{n}.pt" for n in (2, 3, 4, 5)]
     for name, ckpt in sequential.items():
         assert all(torch.equal(ckpt["model"][k], parallel[name]["model"][k]) for k in ckpt["model"])
         for key, values in ckpt["history"].items():
@@ -75,8 +79,30 @@ def test_slurm_array_parameters_without_a_cluster(mnist_dir, tmp_path, monkeypat
         (argv,) = commands
         args = train.get_args(argv)
         assert args.launcher == "none" and args.resume and args.threads == 6 and args.out == str(out)
-        runs.append((args.model, args.latent, args.seed))
-    assert sorted(runs) == [("vae", [2], [0]), ("vae", [2], [1]), ("vae", [3], [0]), ("vae", [3], [1])]
+        assert args.only_runs == [i] and args.device == "cpu"
+        runs += [(c.latent, t.seed) for c, t in planned_runs(args)]
+    assert sorted(runs) == [(2, 0), (2, 1), (3, 0), (3, 1)], "each run in one job"
+
+
+def test_a_slurm_array_packs_runs_into_jobs_and_a_jobs_gpu_is_its_cuda(mnist_dir, tmp_path, monkeypatch, capsys):
+    """Three runs, two per job: an array of two tasks, the first with two runs and twice the time; a
+    sweep's --device cuda:1 is each job's cuda, the one GPU SLURM gives it."""
+    script = fake_slurm(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    flags = [*TINY, "--latent", "2", "3", "4", "--epochs", "1", "--data-dir", mnist_dir, "--out", str(out),
+             "--launcher", "slurm", "--time-min", "30", "--runs-per-job", "2"]
+    args = train.get_args(flags)
+    commands = [launch.job_command(args, flags, places) for places in ([0, 1], [2])]
+    assert [train.get_args(c).only_runs for c in commands] == [[0, 1], [2]]
+    monkeypatch.setattr(args, "device", "cuda:1")
+    assert train.get_args(launch.job_command(args, [*flags, "--device", "cuda:1"], [0])).device == "cuda"
+    train.main(flags)
+    options = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script.read_text(), re.M))
+    assert options["array"] == "0-1%2" and options["time"] == "60", "a task per 2 runs, and their time"
+    assert "submitted 3 runs as SLURM array 4242 of 2 job(s)" in capsys.readouterr().out
+    places = [train.get_args(DelayedSubmission.load(out / "jobs" / f"4242_{i}_submitted.pkl").args[0][0]).only_runs
+              for i in range(2)]
+    assert places == [[0, 1], [2]]
 
 
 def test_slurm_missing_is_one_line_before_anything_is_fetched(tmp_path):
@@ -108,14 +134,14 @@ def test_killed_job_resumes_from_its_last_epoch(mnist_dir, tmp_path):
     assert 1 <= saved["epoch"] < 300
     epochs = saved["epoch"] + 1
     train.main([*TINY[:2], "--latent", "2", *TINY[5:], "--data-dir", mnist_dir, "--out", str(out),
-                "--epochs", str(epochs), "--launcher", "local", "--jobs", "1"])
+                "--epochs", str(epochs), "--launcher", "local", "--jobs", "1", "--resume"])
     resumed = torch.load(path, weights_only=True)
     assert resumed["epoch"] == epochs
     assert resumed["history"]["val_mse"][:-1] == saved["history"]["val_mse"], "continued, not retrained"
 
 
 def test_a_failed_run_fails_its_job_and_the_summary_names_it(mnist_dir, tmp_path, capsys):
-    with pytest.raises(UserError, match="1 of 1 runs did not finish; the same command resumes them"):
+    with pytest.raises(UserError, match="1 of 1 runs did not finish; the same command with --resume continues them"):
         sweep(mnist_dir, tmp_path, "--latent", "2", "--epochs", "1", "--lr", "1e6", "--launcher", "local")
     said = capsys.readouterr().err
     assert "not finished: VAE (hidden 32, batch-size 128, lr 1000000.0, limit 512) latent 2 seed 0" in said

@@ -37,18 +37,20 @@ def weights_equal(a, b):
 
 
 def test_a_sweep_on_slurm_equals_the_sequential_runs_and_evaluate_collects_it(cluster, mnist_dir, tmp_path, capsys):
-    common = [*TINY, "--latent", "2", "3", "--epochs", "2", "--data-dir", mnist_dir]
+    """Three runs in two array tasks (--runs-per-job 2): the sequential sweep's runs, bit for bit."""
+    common = [*TINY, "--latent", "2", "3", "4", "--epochs", "2", "--data-dir", mnist_dir]
     train.main([*common, "--out", str(tmp_path / "seq"), "--threads", "1"])
-    train.main([*common, "--out", str(tmp_path / "slurm"), *ON_SLURM])
+    train.main([*common, "--out", str(tmp_path / "slurm"), *ON_SLURM, "--runs-per-job", "2"])
     printed = capsys.readouterr().out
-    assert "submitted 2 runs as SLURM array" in printed and "all 2 runs finished" in printed
-    for name in ("VAE_latent_2.pt", "VAE_latent_3.pt"):
+    assert "submitted 3 runs as SLURM array" in printed and "of 2 job(s)" in printed
+    assert "all 3 runs finished" in printed
+    for name in ("VAE_latent_2.pt", "VAE_latent_3.pt", "VAE_latent_4.pt"):
         seq, slurm = (torch.load(tmp_path / where / FOLDER / name, weights_only=True) for where in ("seq", "slurm"))
         assert slurm["epoch"] == 2 and weights_equal(seq["model"], slurm["model"]), name
         assert all(slurm["history"][k] == v for k, v in seq["history"].items() if k != "seconds"), name
     evaluate.main(["--out", str(tmp_path / "slurm"), "--data-dir", mnist_dir, "--no-classifier", "--device", "cpu"])
     results = json.loads((tmp_path / "slurm" / "results.json").read_text())
-    assert sorted((r["latent"], r["epochs"]) for r in results["runs"]) == [(2, 2), (3, 2)]
+    assert sorted((r["latent"], r["epochs"]) for r in results["runs"]) == [(2, 2), (3, 2), (4, 2)]
 
 
 def squeue(job, env):
@@ -108,7 +110,7 @@ def test_a_failing_run_fails_its_job_and_wait_names_it(cluster, mnist_dir, tmp_p
     log = tmp_path / "jobs" / f"{job}_0_log.err"
     assert result.stderr.strip().splitlines() == [
         f"not finished: VAE (hidden 32, batch-size 128, lr 1000000.0, limit 512) latent 2 seed 0 (see {log})",
-        "error: 1 of 1 runs did not finish; the same command resumes them"]
+        "error: 1 of 1 runs did not finish; the same command with --resume continues them"]
     assert re.search(r"^error: .*non-finite at epoch 1", log.read_text(), re.M)
     assert squeue(job, cluster)[0] in ("FAILED", None), "the job failed, not only the run"
 

@@ -6,6 +6,7 @@ data; every script rebuilds the run from it alone. Means over seeds are taken on
 (model, variant, latent size).
 """
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -60,20 +61,24 @@ def restore_rng_state(state, generator, device):
             torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
-def snapshot(ckpt):
-    """A copy of a checkpoint that later training cannot change: its tensors cloned, where
-    checkpoint() holds the live weights and optimizer state, and its lists copied."""
+def snapshot(ckpt, device=None):
+    """A copy of a checkpoint that later training cannot change: its tensors copied (to `device`, or
+    where they are), where checkpoint() holds the live weights and optimizer state, and its lists copied."""
     if isinstance(ckpt, torch.Tensor):
-        return ckpt.detach().clone()
+        return ckpt.detach().to(device or ckpt.device, copy=True)
     if isinstance(ckpt, dict):
-        return {k: snapshot(v) for k, v in ckpt.items()}
+        return {k: snapshot(v, device) for k, v in ckpt.items()}
     if isinstance(ckpt, (list, tuple)):
-        return type(ckpt)(snapshot(v) for v in ckpt)
+        return type(ckpt)(snapshot(v, device) for v in ckpt)
     return ckpt
 
 
 def save_checkpoint(path, ckpt):
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    """The checkpoint written with every tensor on the CPU, whatever device trained it: torch.save keeps
+    each tensor's device, and a GPU's checkpoint would then load with a plain torch.load(path,
+    weights_only=True) only where that GPU is ("Attempting to deserialize object on a CUDA device")."""
+    on_cpu = snapshot(ckpt, "cpu")
+    atomic_write(path, lambda f: torch.save(on_cpu, f))
 
 
 class Writes:
@@ -173,11 +178,17 @@ def load_checkpoint(path, device="cpu"):
     return ckpt, model.eval()
 
 
+# what flock raises where a file system has no locks at all
+NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
+
+
 @contextlib.contextmanager
 def run_lock(path):
     """Hold an exclusive lock on a run's checkpoint while training it, so that two processes never
     write the same file. The OS drops the lock when its holder dies, even by SIGKILL; a run that ends
-    removes its lock file."""
+    removes its lock file. flock guards processes of one machine everywhere; across machines only
+    where the file system makes it cluster-wide (Lustre with -o flock, NFS v4, GPFS; not a node-local
+    lock such as Lustre's -o localflock): docs/scaling-out.md."""
     lock_path = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
     while True:
         try:
@@ -190,6 +201,13 @@ def run_lock(path):
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"another process is training {path} right now; wait for it or use another --out")
+        except OSError as e:
+            os.close(fd)
+            if e.errno in NO_LOCKS:  # Lustre or NFS mounted without flock, some FUSE file systems
+                raise UserError(f"cannot lock {lock_path}: its file system has no file locks ({e.strerror}), "
+                                "and without them two processes could train one run; --out on a local disk, "
+                                "or on a mount with flock (Lustre: -o flock), trains safely")
+            raise UserError(f"cannot lock {lock_path}: {e.strerror}")
         try:  # a holder that ended removed the file we opened before we locked it: lock the one at the path
             if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
                 break

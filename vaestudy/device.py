@@ -1,5 +1,6 @@
-"""Where the work runs: the device a flag names, whether it runs bf16, the CPU's subnormal floats,
-and the record of where a result was made (provenance)."""
+"""Where the work runs: the device a flag names, whether it runs bf16, TF32 on CUDA, the CPU's subnormal
+floats, waiting for the device, and the record of where a result was made (provenance)."""
+import contextlib
 import datetime
 import functools
 import os
@@ -49,6 +50,72 @@ def check_precision(precision, device):
     if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
         raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
                         "use --precision fp32")
+
+
+# PyTorch 2.9 added per-backend switches (fp32_precision: "tf32", "ieee" or "none", to inherit) beside the
+# legacy allow_tf32, and raises where the legacy one is read after the new one set it: inside a scope that
+# set fp32_precision, torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision()
+# (which Inductor's max-autotune calls) failed with "mix of the legacy and new APIs". Setting the legacy
+# switch sets both, so both stay readable; the caller's value is read, and put back, in its own API.
+TF32_VALUES = {"tf32": True, "ieee": False}  # the new API's values that the legacy switch can set
+
+
+def _tf32_switches():
+    """(legacy, new) places of the two switches, cuBLAS's matmuls and cuDNN's convolutions; new is None
+    before PyTorch 2.9."""
+    backends = torch.backends
+    if not hasattr(backends.cuda.matmul, "fp32_precision"):
+        return [(backends.cuda.matmul, None), (backends.cudnn, None)]
+    return [(backends.cuda.matmul, backends.cuda.matmul), (backends.cudnn, backends.cudnn.conv)]
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled):
+    """Float32 matmuls and convolutions on CUDA in TF32 (enabled: what "fp32" training means on a
+    GPU, about 8x the float32 rate on Ampere and later, ample for these losses) or in full float32
+    (measurements); the caller's setting is back afterwards. The CPU ignores both."""
+    switches = _tf32_switches()
+    before = [legacy.allow_tf32 if new is None else new.fp32_precision for legacy, new in switches]
+    try:
+        for legacy, _ in switches:
+            legacy.allow_tf32 = bool(enabled)
+        yield
+    finally:
+        for (legacy, new), value in zip(switches, before):
+            if new is None or value in TF32_VALUES:
+                legacy.allow_tf32 = TF32_VALUES.get(value, value)
+            else:  # "none": only the new API says it
+                new.fp32_precision = value
+
+
+def tf32_enabled():
+    """Whether float32 matmuls on CUDA run in TF32 now."""
+    legacy, new = _tf32_switches()[0]
+    if new is None:
+        return bool(legacy.allow_tf32)
+    value = new.fp32_precision
+    if value == "none":  # inherits PyTorch's global setting
+        value = torch.backends.fp32_precision
+    return value == "tf32"
+
+
+@contextlib.contextmanager
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms, none picked by timing (benchmark off): the classifier, trained
+    and run on a GPU, gives the same numbers on every run; the caller's setting is back afterwards."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+def sync(device):
+    """Wait for the work queued on a GPU (a clock read without it times the queueing, not the work);
+    nothing on the CPU, whose work is done when its call returns."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def native_bf16(device):

@@ -4,12 +4,15 @@
     python train.py --seed 0 1 2 --launcher slurm --wait            # ... and wait for them, then report
     python train.py --seed 0 1 2 --launcher local --jobs 4          # 4 runs at a time on this machine
 
-A job is the command line `python train.py` with the sweep's flags narrowed to its run (--model,
---latent, --seed) and --resume: a finished run is skipped, a run stopped by the scheduler (time
-limit, preemption) is requeued by submitit and continues from its last saved epoch, and the run
-lock keeps two jobs off one run. Every job writes into the same --out; python evaluate.py collects
-the results.
+A job is one `python train.py` process with the sweep's flags, narrowed to its share of the runs
+(--only-runs, their places in the sweep's plan), and --resume: it trains them one after another,
+paying Python's start, PyTorch's import, a CUDA context and the data once. A finished run is
+skipped, a run stopped by the scheduler (time limit, preemption) is requeued by submitit and
+continues from its last saved epoch, and the run lock keeps two jobs off one run. Every job writes
+into the same --out; python evaluate.py collects the results. Local jobs are one per visible GPU (or
+--jobs); a SLURM array has a task per --runs-per-job runs.
 """
+import argparse
 import contextlib
 import io
 import os
@@ -39,10 +42,10 @@ NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "I
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """Runs its train.py command lines one after another, on the GPU it is given (gpu: an entry of
-    CUDA_VISIBLE_DEVICES, or None to leave the environment as it is). On a time limit or preemption
-    submitit calls checkpoint(), inherited: the same job with the same commands is queued again, and
-    --resume makes each continue from its last saved epoch."""
+    """Runs its train.py command lines (one: its share of the runs) one after another, on the GPU it is
+    given (gpu: an entry of CUDA_VISIBLE_DEVICES, or None to leave the environment as it is). On a
+    time limit or preemption submitit calls checkpoint(), inherited: the same job with the same
+    commands is queued again, and --resume makes each run continue from its last saved epoch."""
 
     def __call__(self, commands, gpu=None):
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
@@ -66,13 +69,22 @@ def run_to_the_end(argv, env):
         raise
 
 
-def job_commands(args, argv, runs, threads=None, device=None):
-    """One train.py command line per run: the sweep's own flags, the last word given to the run (and
-    the device, where the job sees other GPUs than the sweep did)."""
-    base = [*argv, "--launcher", "none", "--resume", "--out", os.path.abspath(args.out),
-            "--data-dir", os.path.abspath(args.data_dir)] + (["--threads", str(threads)] if threads else [])
-    base += ["--device", device] if device else []
-    return [base + ["--model", c.model, "--latent", str(c.latent), "--seed", str(t.seed)] for c, t in runs]
+def job_command(args, argv, places, threads=None):
+    """The train.py command line of a job that trains the runs at `places` in the sweep's plan: the
+    sweep's own flags, the last word given to the job. A job given one GPU sees it as cuda:0, so a
+    sweep's --device cuda:N becomes cuda there."""
+    command = [*argv, "--launcher", "none", "--resume", "--out", os.path.abspath(args.out),
+               "--data-dir", os.path.abspath(args.data_dir)] + (["--threads", str(threads)] if threads else [])
+    if args.device.startswith("cuda:"):
+        command += ["--device", "cuda"]
+    return command + ["--only-runs", *map(str, places)]
+
+
+def planned_places(args):
+    """The sweep's runs with their places in its plan, [(place, (config, train)), ...]: all of them, or
+    those --only-runs names."""
+    everything = planned_runs(argparse.Namespace(**{**vars(args), "only_runs": None}))
+    return [(i, everything[i]) for i in (args.only_runs if args.only_runs is not None else range(len(everything)))]
 
 
 def finished(path, epochs):
@@ -83,7 +95,8 @@ def finished(path, epochs):
 
 
 def launch(args, argv):
-    runs = planned_runs(args)
+    places = planned_places(args)
+    runs = [run for _, run in places]
     if args.launcher == "slurm":  # before anything is fetched or written
         missing = [tool for tool in ("sbatch", "srun", "squeue") if shutil.which(tool) is None]
         if missing:
@@ -97,14 +110,14 @@ def launch(args, argv):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     folder = os.path.join(dataset_folder(args.out, args.dataset), "jobs")  # submitit names each log by its job id
     if args.launcher == "slurm":
-        jobs, groups = slurm_jobs(args, argv, runs, folder)
+        jobs, groups = slurm_jobs(args, argv, places, folder)
     else:
-        jobs, groups = local_jobs(args, argv, runs, folder)
+        jobs, groups = local_jobs(args, argv, places, folder)
     for job, group in zip(jobs, groups):
         print(f"job {job.job_id}: {', '.join(run_name(*run, seed=True) for run in group)}; log {job.paths.stderr}")
     if args.launcher == "slurm":
         array = jobs[0].job_id.split("_")[0]
-        print(f"submitted {len(jobs)} runs as SLURM array {array}", flush=True)
+        print(f"submitted {len(runs)} runs as SLURM array {array} of {len(jobs)} job(s)", flush=True)
         if not args.wait:
             print("when they are done, python evaluate.py collects the results (squeue shows them meanwhile; "
                   "--wait waits for them)")
@@ -120,18 +133,23 @@ def launch(args, argv):
     for name, job in failed:
         print(f"not finished: {name} (see {job.paths.stderr})", file=sys.stderr)
     if failed:
-        raise UserError(f"{len(failed)} of {len(runs)} runs did not finish; the same command resumes them")
+        raise UserError(f"{len(failed)} of {len(runs)} runs did not finish; the same command with --resume continues "
+                        "them")
     print(f"all {len(runs)} runs finished; python evaluate.py collects the results")
 
 
-def slurm_jobs(args, argv, runs, folder):
-    """One SLURM job array, a task per run; sbatch's refusal becomes a one-line error, and the
-    files written for the refused submission are removed."""
+def slurm_jobs(args, argv, places, folder):
+    """One SLURM job array, a task per --runs-per-job runs (its time limit that many runs' --time-min);
+    sbatch's refusal becomes a one-line error, and the files written for the refused submission are
+    removed."""
+    groups = [places[i:i + args.runs_per_job] for i in range(0, len(places), args.runs_per_job)]
     executor = submitit.SlurmExecutor(folder=folder)
-    executor.update_parameters(job_name="mnist-vae", partition=args.partition, time=args.time_min,
-                               gpus_per_node=args.gpus_per_run or None, cpus_per_task=args.cpus_per_run,
-                               array_parallelism=args.max_running, signal_delay_s=120)
-    commands = job_commands(args, argv, runs, threads=args.cpus_per_run)  # PyTorch would count the node's cores
+    executor.update_parameters(job_name="mnist-vae", partition=args.partition,
+                               time=args.time_min * max(map(len, groups)), gpus_per_node=args.gpus_per_run or None,
+                               cpus_per_task=args.cpus_per_run, array_parallelism=args.max_running,
+                               signal_delay_s=120)
+    # --threads: PyTorch would count the node's cores, not the job's
+    commands = [job_command(args, argv, [i for i, _ in group], threads=args.cpus_per_run) for group in groups]
     created = [p for p in (args.out, folder) if not os.path.isdir(p)]
     before = set() if created else set(os.listdir(folder))
     try:
@@ -145,7 +163,7 @@ def slurm_jobs(args, argv, runs, folder):
                 path = os.path.join(folder, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         raise UserError(sbatch_refusal(str(e), args))
-    return jobs, [[run] for run in runs]
+    return jobs, [[run for _, run in group] for group in groups]
 
 
 def sbatch_refusal(message, args):
@@ -211,23 +229,24 @@ def local_gpus(device):
     return entries if index is None else [entries[index]]
 
 
-def local_jobs(args, argv, runs, folder):
-    """args.jobs processes, each training its share of the runs in turn: with GPUs, job i on GPU
-    i mod their number, so that more jobs than GPUs share them (the study's model needs well under
-    1 GB and keeps a large GPU far from busy alone); on the CPU, each with an equal share of the cores."""
-    n = min(args.jobs, len(runs))
+def local_jobs(args, argv, places, folder):
+    """Processes that each train their share of the runs one after another: by default one per visible
+    GPU, job i on GPU i (a second process on a GPU would only time-slice it, and fails outright on a GPU
+    in EXCLUSIVE_PROCESS mode); with --jobs more than GPUs, job i on GPU i mod their number; on the CPU,
+    --jobs (2) processes, each with an equal share of the cores."""
     gpus = local_gpus(args.device)
+    n = min(args.jobs or len(gpus) or 2, len(places))
     threads = None if gpus else (args.threads or max(1, len(os.sched_getaffinity(0)) // n))
     if gpus and n > len(gpus):
         print(f"{n} jobs share {len(gpus)} GPU(s): up to {-(-n // len(gpus))} runs at a time on each", flush=True)
     executor = submitit.LocalExecutor(folder=folder)
     jobs, groups = [], []
     for i in range(n):
-        group = runs[i::n]
+        group = places[i::n]
         # CUDA_VISIBLE_DEVICES is set by TrainJob, not by submitit's visible_gpus, which takes numbers
         # alone and reads them as positions among all the machine's GPUs
         executor.update_parameters(timeout_min=args.time_min * len(group), gpus_per_node=0)
-        commands = job_commands(args, argv, group, threads, device="cuda" if gpus else None)  # its one GPU: cuda:0
-        jobs.append(executor.submit(TrainJob(), commands, gpus[i % len(gpus)] if gpus else None))
-        groups.append(group)
+        command = job_command(args, argv, [place for place, _ in group], threads)
+        jobs.append(executor.submit(TrainJob(), [command], gpus[i % len(gpus)] if gpus else None))
+        groups.append([run for _, run in group])
     return jobs, groups

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from models import LOG_2PI, iw_bound, log_weights, loss_terms, matmul_precision
+from vaestudy.device import cuda_tf32, sync
 from vaestudy.runs import defines_likelihood
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E[z|x]) exceeds this
@@ -19,12 +20,13 @@ N_GENERATED = 10000  # decoded samples per model for the Frechet distance, as ma
 
 @contextlib.contextmanager
 def seeded_eval(model, seed, device):
-    """The model in eval mode and the global RNG seeded from `seed`, both restored afterwards: a
+    """The model in eval mode, full float32 matmuls on CUDA (not the TF32 of training, within which
+    each epoch's validation runs), and the global RNG seeded from `seed`, all restored afterwards: a
     measurement draws from its own stream and never moves the training's random state."""
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cuda_tf32(False):
             torch.manual_seed(seed)
             yield
     finally:
@@ -201,7 +203,8 @@ def log_px(model, x, k, recon="bce", seed=0, batch_size=100, chunk=None, progres
                                            log_sigma2=log_sigma2)
                                for done in range(0, k, draws)])
             estimates.append(iw_bound(log_w))
-            if progress is not None:
+            if progress is not None:  # its clock must see the work done, not queued: a wait per 100 images
+                sync(x.device)
                 progress.update(len(xb))
     return torch.cat(estimates)
 
@@ -324,11 +327,13 @@ def finite_or_none(value):
 
 
 def measure(model, x, labels, sample=False, seed=0):
-    """Per-pixel MSE overall and for each digit 0-9, and the mean KL per image."""
+    """Per-pixel MSE overall and for each class (digit) 0-9, and the mean KL per image. The per-class
+    sums are a matmul with the labels' one-hot matrix, in float64: the same on every run of a GPU,
+    where index_add_'s atomic adds come in any order."""
     squared_error, kl = per_image_errors(model, x, sample=sample, seed=seed)
     mse = squared_error / x.shape[1]
-    counts = torch.bincount(labels, minlength=10)
-    per_digit = torch.zeros(10, device=x.device, dtype=mse.dtype).index_add_(0, labels, mse) / counts
+    one_hot = torch.nn.functional.one_hot(labels, 10).double()
+    per_digit = (one_hot.T @ mse.double()) / one_hot.sum(0)
     return {"mse": finite_or_none(mse.mean()), "mse_per_digit": [finite_or_none(v) for v in per_digit.tolist()],
             "kl": finite_or_none(kl.mean())}
 

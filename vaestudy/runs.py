@@ -137,6 +137,12 @@ def planned_runs(args):
             for config in [ModelConfig(model=kind, latent=latent, hidden=tuple(args.hidden), code_relu=args.code_relu)]]
     for config, _ in runs:
         check_run(config, asked)
+    only = getattr(args, "only_runs", None)
+    if only is not None:  # a launcher's job: its share of the sweep, by place in the plan
+        wrong = [i for i in only if not 0 <= i < len(runs)]
+        if wrong:
+            raise IndexError(f"--only-runs {wrong[0]}: the flags plan runs 0 to {len(runs) - 1}")
+        runs = [runs[i] for i in only]
     return runs
 
 

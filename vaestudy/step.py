@@ -16,7 +16,18 @@ def make_optimizer(model, train):
 def make_step(model, optimizer, train, compiled=False):
     """step(x) trains on one batch x as the TrainConfig `train` says and returns [loss, summed squared
     error, summed KL] as a device tensor, so that nothing waits for the device."""
-    forward = torch.compile(model.forward_logits) if compiled else model.forward_logits
+    forward = model.forward_logits
+    if compiled:
+        # one compile per run: Dynamo keys its cache on forward_logits's code, which every run shares, so a
+        # sweep's runs (other latent sizes, the other model) piled recompiles onto one cache until its limit
+        # (8) sent the rest of the sweep to eager, silently; and the batch's size is marked dynamic, so
+        # that the epoch's short last batch is no recompile either
+        torch._dynamo.reset()
+        compiled_forward = torch.compile(model.forward_logits)
+
+        def forward(x):
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            return compiled_forward(x)
 
     def step(x):
         if train.binarize:  # a new 0/1 draw of each image at each use, from the global RNG that checkpoints save

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from models import build_model, cuda_tf32
+from models import build_model
 from vaestudy.checkpoints import (
     Saver,
     check_plan,
@@ -17,7 +17,7 @@ from vaestudy.checkpoints import (
 )
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
-from vaestudy.device import check_precision, flush_subnormals, pick_device, provenance
+from vaestudy.device import check_precision, cuda_tf32, flush_subnormals, pick_device, provenance
 from vaestudy.metrics import per_image_errors
 from vaestudy.runs import checkpoint_path, objective, planned_runs, run_name
 from vaestudy.step import make_optimizer, make_step, train_epoch

@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-import bench
-from vaestudy import report
+from vaestudy import report, speed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +51,7 @@ def test_speed_pages_tables_are_the_committed_results():
         with open(path) as f:
             bench_results.append(json.load(f))
     bench_results.sort(key=lambda r: -sum(r["model"]["hidden"]))
-    assert_in(bench.speed_table(bench_results), "docs/speed.md", "speed table")
+    assert_in(speed.speed_table(bench_results), "docs/speed.md", "speed table")
     study, precision = committed("study"), committed("precision")
     assert_in(report.precision_table(study, precision), "docs/speed.md", "bf16 quality table")
     assert_in(report.machine_table(study, precision, ("results/study", "results/precision")), "docs/speed.md",
@@ -62,7 +61,7 @@ def test_speed_pages_tables_are_the_committed_results():
     with open(os.path.join(ROOT, "results", "bench", "nll_precision.json")) as f:
         nll = json.load(f)
     text = page("docs/speed.md")
-    assert bench.nll_table(nll).strip() in text, "regenerate the NLL table from results/bench/nll_precision.json"
+    assert speed.nll_table(nll).strip() in text, "regenerate the NLL table from results/bench/nll_precision.json"
     for figure in (f"{nll['difference_mean']:+.3f} nats", f"{nll['difference_std']:.3f}", f"{nll['nll_fp32']:.2f}",
                    f"{nll['nll_bf16']:.2f}"):
         assert figure in text, f"docs/speed.md should quote {figure} from results/bench/nll_precision.json"

@@ -16,7 +16,7 @@ import torch
 import bench
 import evaluate
 import train
-from vaestudy import evaluation, launch, training
+from vaestudy import evaluation, launch, speed, training
 from vaestudy.checkpoints import load_checkpoint, load_run, restore_rng_state, rng_state
 from vaestudy.cli import UserError
 from vaestudy.device import check_precision, cuda_tf32, device_name, tf32_enabled
@@ -201,7 +201,7 @@ def test_the_nll_clock_stops_after_the_device_is_done(mnist_dir, tmp_path, monke
     """A GPU returns from log_px before its kernels have run: the NLL was timed without a sync."""
     path = tiny_run(mnist_dir, tmp_path, "--epochs", "1", "--recon", "bce", "--binarize")
     events = []
-    monkeypatch.setattr(bench, "sync", lambda device: events.append("sync"))
+    monkeypatch.setattr(speed, "sync", lambda device: events.append("sync"))
     log_px = bench.log_px
     monkeypatch.setattr(bench, "log_px", lambda *a, **k: events.append("log_px") or log_px(*a, **k))
     bench.main(["--nll-checkpoint", str(path), "--nll-images", "5", "--nll-samples", "10", "--device", "cpu",
@@ -219,10 +219,10 @@ def test_the_profile_counts_each_kernel_once():
     cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
     events = [event("aten::addmm", cpu, 5, 60), event("sm90_xmma_gemm_f32", gpu, 0, 60),
               event("aten::sigmoid", cpu, 5, 40), event("vectorized_elementwise_kernel", gpu, 0, 40)]
-    share, top = bench.time_shares(events, on_gpu=True)
+    share, top = speed.time_shares(events, on_gpu=True)
     assert share == pytest.approx(0.6) and top == {"aten::addmm": pytest.approx(0.6),
                                                    "aten::sigmoid": pytest.approx(0.4)}
-    share, top = bench.time_shares(events, on_gpu=False)
+    share, top = speed.time_shares(events, on_gpu=False)
     assert share == pytest.approx(0.5), "on the CPU the ops' own CPU time"
 
 

@@ -69,15 +69,15 @@ def run_to_the_end(argv, env):
         raise
 
 
-def job_command(args, argv, places, threads=None):
+def job_command(args, argv, places, threads=None, device=None):
     """The train.py command line of a job that trains the runs at `places` in the sweep's plan: the
-    sweep's own flags, the last word given to the job. A job given one GPU sees it as cuda:0, so a
-    sweep's --device cuda:N becomes cuda there."""
+    sweep's own flags, the last word given to the job (and the device, where the job sees other GPUs
+    than the sweep did). A job given one GPU sees it as cuda:0, so a sweep's --device cuda:N is
+    cuda there."""
+    device = device or ("cuda" if args.device.startswith("cuda:") else None)
     command = [*argv, "--launcher", "none", "--resume", "--out", os.path.abspath(args.out),
                "--data-dir", os.path.abspath(args.data_dir)] + (["--threads", str(threads)] if threads else [])
-    if args.device.startswith("cuda:"):
-        command += ["--device", "cuda"]
-    return command + ["--only-runs", *map(str, places)]
+    return command + (["--device", device] if device else []) + ["--only-runs", *map(str, places)]
 
 
 def planned_places(args):
@@ -246,7 +246,8 @@ def local_jobs(args, argv, places, folder):
         # CUDA_VISIBLE_DEVICES is set by TrainJob, not by submitit's visible_gpus, which takes numbers
         # alone and reads them as positions among all the machine's GPUs
         executor.update_parameters(timeout_min=args.time_min * len(group), gpus_per_node=0)
-        command = job_command(args, argv, [place for place, _ in group], threads)
+        # its one GPU, as cuda (a job that cannot see it fails, rather than trains on the CPU)
+        command = job_command(args, argv, [place for place, _ in group], threads, "cuda" if gpus else None)
         jobs.append(executor.submit(TrainJob(), [command], gpus[i % len(gpus)] if gpus else None))
         groups.append([run for _, run in group])
     return jobs, groups

@@ -8,6 +8,8 @@ import bench
 from models import ModelConfig, build_model
 from vaestudy import speed
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 
 def test_matmul_flops_by_hand():
     model = build_model(ModelConfig(model="vae", latent=2, hidden=(16,)))

@@ -55,6 +55,7 @@ def test_frechet_distance_of_identical_and_shifted_feature_sets():
     assert classifier.frechet_distance(feats, feats + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_classifier_training_improves_accuracy(mnist_dir):
     from vaestudy.data import load_splits
     splits = load_splits(mnist_dir, 0, "cpu", limit=2000)

@@ -160,6 +160,7 @@ def test_the_estimate_of_a_gaussian_decoders_log_density_is_the_integral(mnist_d
     assert (estimate - exact).abs().max() < 0.05, (estimate, exact)
 
 
+@pytest.mark.slow
 def test_the_script_measures_bits_per_dim_and_refuses_other_decoders(mnist_dir, tmp_path, capsys):
     import importlib.util
     import os
@@ -196,6 +197,7 @@ def test_the_script_measures_bits_per_dim_and_refuses_other_decoders(mnist_dir, 
         script.main([bce, "--data-dir", mnist_dir, "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_the_elbo_in_bits_is_its_formula_from_mse_and_kl_and_the_refitted_variance_is_its_best(mnist_dir):
     """For a scalar-variance Gaussian decoder the k = 1 estimate of the dequantized bits per dimension is
     8 + [1/2 ln(2 pi sigma²) + MSE / (2 sigma²)] / ln 2 + KL / (784 ln 2), MSE at sampled z, up to the

@@ -70,6 +70,7 @@ def test_a_damaged_fashion_file_names_where_to_get_it(fashion_dir, tmp_path):
         data.load_dataset(str(tmp_path), "fashion-mnist")
 
 
+@pytest.mark.slow
 def test_gz_files_placed_by_hand_are_used(fashion_dir, tmp_path):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -95,6 +96,7 @@ def test_the_dataset_is_part_of_a_runs_identity(fashion_dir, tmp_path):
     assert not torch.equal(mnist[0].model.decoder[0].weight, fashion[0].model.decoder[0].weight), "other images"
 
 
+@pytest.mark.slow
 def test_fashion_results_and_figures_carry_its_class_names(fashion_dir, tmp_path, monkeypatch):
     out = ["--data-dir", fashion_dir, "--out", str(tmp_path), "--dataset", "fashion-mnist"]
     train.main([*TINY, *out])

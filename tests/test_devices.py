@@ -20,6 +20,8 @@ from vaestudy.data import load_splits
 from vaestudy.device import check_precision, pick_device
 from vaestudy.metrics import log_px, measure
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--limit", "512", "--batch-size", "128", "--hidden", "32", "--latent", "2"]
 

@@ -17,6 +17,8 @@ from vaestudy import evaluation, report, stats
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -16,6 +16,8 @@ from vaestudy.checkpoints import load_runs
 from vaestudy.cli import UserError
 from vaestudy.data import load_splits
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 TINY = ["--hidden", "32", "--limit", "512", "--epochs", "20", "--device", "cpu"]  # 20: long enough for active units
 # int8 weights with one scale per row: each weight within scale / 2 = max|row| / 254 of float32's.
 # Through the three layers of these models that moves pixels (in [0, 1]) by less than PIXEL_TOL and

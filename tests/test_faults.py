@@ -42,6 +42,7 @@ def wait_for_epoch(path, proc, timeout=120):
     pytest.fail(f"no checkpoint appeared; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_path):
     path = tmp_path / "killed" / "VAE" / VARIANT / "VAE_latent_2.pt"
     proc = start_cli(mnist_dir, tmp_path / "killed", "--epochs", "200", "--save-every-s", "0")
@@ -59,6 +60,7 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(mnist_dir, tmp_
     assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path):
     proc = start_cli(mnist_dir, tmp_path, "--epochs", "200", "--save-every-s", "0")
     path = tmp_path / "VAE" / VARIANT / "VAE_latent_2.pt"
@@ -74,6 +76,7 @@ def test_ctrl_c_stops_cleanly_and_resume_skips_finished_runs(mnist_dir, tmp_path
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=["ctrl-c", "sigterm", "sigusr2"])
 def test_a_stop_saves_every_finished_epoch_and_evaluate_leaves_the_run_out(mnist_dir, tmp_path, stop):
     """A run that would save only every hour is stopped after a few epochs: the stop writes every
@@ -154,6 +157,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(mnist_dir, tmp_path, monkeyp
     assert path.read_bytes() == good
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_saves_the_finished_epochs_first(mnist_dir, tmp_path, monkeypatch):
     """Epochs 1 to 3 finish unsaved (--save-every-s 3600); the loss blows up in epoch 4: the
     checkpoint then holds epoch 3, as the message says."""
@@ -172,6 +176,7 @@ def test_a_non_finite_loss_saves_the_finished_epochs_first(mnist_dir, tmp_path, 
     assert ckpt["epoch"] == 3 and len(ckpt["history"]["val_mse"]) == 3
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_exits_non_zero_without_traceback(mnist_dir, tmp_path):
     proc = start_cli(mnist_dir, tmp_path, "--epochs", "3", "--lr", "1e6")
     _, err = proc.communicate(timeout=120)
@@ -200,7 +205,7 @@ def test_second_writer_of_the_same_run_is_refused(mnist_dir, tmp_path):
     with open(path.parent / ".VAE_latent_2.pt.lock", "a") as held:  # as a first train.py holds it
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another process is training"):
-            small_run(mnist_dir, tmp_path, "--epochs", "2")
+            small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")
     assert path.read_bytes() == good
     small_run(mnist_dir, tmp_path, "--epochs", "2", "--resume")  # free again once released
     assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -129,6 +129,7 @@ def test_the_precision_table_tests_the_difference():
     assert "over the 2 Welch tests of this table" in table
 
 
+@pytest.mark.slow
 def test_every_run_records_where_it_was_made(mnist_dir, tmp_path, capsys):
     out = ["--out", str(tmp_path), "--data-dir", mnist_dir]
     train.main([*TINY, "--epochs", "1", *out])

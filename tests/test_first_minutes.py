@@ -97,6 +97,7 @@ def test_durations_read_as_words(seconds, text):
     assert cli.duration(seconds) == text
 
 
+@pytest.mark.slow
 def test_the_first_look_end_to_end_says_what_comes_next(mnist_dir, tmp_path):
     """train.py, evaluate.py (announcing the NLL's cost before it runs, with its k and image count)
     and visualize.py as a newcomer runs them, their output piped (no terminal): each ends by naming
@@ -129,6 +130,7 @@ def test_the_first_look_end_to_end_says_what_comes_next(mnist_dir, tmp_path):
     assert tail[-1].startswith(f"  {tmp_path / 'results.md'}   every measurement")
 
 
+@pytest.mark.slow
 def test_short_runs_of_the_study_say_what_they_can_show(mnist_dir, tmp_path, capsys):
     train.main(["--model", "vae", "--latent", "2", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir,
                 "--out", str(tmp_path)])

@@ -102,6 +102,7 @@ def test_local_jobs_use_the_gpus_this_process_sees(two_gpus, monkeypatch):
         launch.local_gpus("cuda:2")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="stands in two GPUs for a machine that has none")
 @pytest.mark.parametrize("device, jobs, gpus", [("auto", 3, ["2", "3", "2"]), ("cuda:1", 2, ["3", "3"])])
 def test_each_local_job_is_given_its_gpu_and_cuda_0(two_gpus, mnist_dir, tmp_path, capsys, device, jobs, gpus):
@@ -143,6 +144,7 @@ def test_a_stopped_job_lets_its_run_save_before_it_exits(tmp_path):
     assert done.read_text() == "saved" and time.monotonic() - start < 30
 
 
+@pytest.mark.slow
 def test_tf32_is_trainings_alone_and_the_callers_setting_comes_back(mnist_dir, tmp_path, monkeypatch):
     """train.py and bench.py's timed steps run float32 matmuls as TF32 (on CUDA; the CPU ignores
     it), through one function, and leave the caller's setting as it was; evaluate measures in full
@@ -197,6 +199,7 @@ def test_the_bench_refuses_before_it_times_anything(mnist_dir, tmp_path, monkeyp
     assert timed == [] and not (tmp_path / "bench.json").exists()
 
 
+@pytest.mark.slow
 def test_the_nll_clock_stops_after_the_device_is_done(mnist_dir, tmp_path, monkeypatch):
     """A GPU returns from log_px before its kernels have run: the NLL was timed without a sync."""
     path = tiny_run(mnist_dir, tmp_path, "--epochs", "1", "--recon", "bce", "--binarize")

@@ -21,6 +21,7 @@ from vaestudy.device import cuda_tf32, tf32_enabled
 TINY = ["--limit", "256", "--batch-size", "128", "--hidden", "16", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_compile_compiles_each_run_of_a_sweep_once_and_none_falls_back_to_eager(mnist_dir, tmp_path, monkeypatch):
     """12 runs (both models, six latent sizes) with a short last batch (2100 = 2 x 1024 + 52): Dynamo's
     cache, keyed on forward_logits's code, reached its recompile limit (8) at run 8 and the rest of the
@@ -116,6 +117,7 @@ def test_the_nll_estimates_clock_sees_the_work_done(mnist_dir, monkeypatch):
     assert events == ["sync", "update"] * 3
 
 
+@pytest.mark.slow
 def test_two_evaluations_give_the_same_results(mnist_dir, tmp_path, device):
     """On every device here (CUDA too, where there is one): the per-class sums have no atomics, the
     classifier trains with cuDNN's deterministic algorithms, so two evaluations agree to the bit."""

@@ -19,6 +19,7 @@ def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_shorter_run_over_a_finished_one_is_refused_in_one_line_and_the_file_kept(mnist_dir, tmp_path):
     flags = [*TINY, "--latent", "2", "--data-dir", mnist_dir, "--out", str(tmp_path)]
     train.main([*flags, "--epochs", "2"])

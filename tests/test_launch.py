@@ -17,6 +17,8 @@ from vaestudy import launch
 from vaestudy.cli import UserError
 from vaestudy.runs import planned_runs
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vae", "--latent", "2", "3", "--limit", "512", "--batch-size", "128", "--hidden", "32",
         "--device", "cpu", "--threads", "1"]

@@ -68,6 +68,7 @@ def test_the_bound_rises_with_k(images):
     assert exact - bounds[0] > 1, "the ELBO is a loose bound for this model: the test can tell k apart"
 
 
+@pytest.mark.slow
 def test_k_1_is_the_elbo_of_the_loss(images):
     """The mean of k = 1 log weights is the ELBO, E_q[log p(x|z)] - KL, which the loss minimises
     (with the KL in closed form) with bce: equal within 4 Monte Carlo standard errors."""
@@ -110,6 +111,7 @@ def test_a_binarized_epochs_images_are_0_or_1_and_new_each_epoch(mnist_dir, tmp_
     assert first.sum() != second.sum(), "drawn anew, not binarized once"
 
 
+@pytest.mark.slow
 def test_resume_stays_bit_exact_with_binarize(mnist_dir, tmp_path):
     def run(out, epochs, *extra):
         train.main([*BINARY, *TINY, "--epochs", str(epochs), "--data-dir", mnist_dir, "--out", str(out), *extra])
@@ -238,6 +240,7 @@ def test_settings_that_make_no_likelihood_are_refused(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_test_nll_where_the_decoder_is_a_likelihood(mnist_dir, tmp_path):
     train.main([*BINARY, *TINY, "--epochs", "2", "--data-dir", mnist_dir, "--out", str(tmp_path)])
     train.main(["--model", "vae", *TINY, "--epochs", "2", "--data-dir", mnist_dir, "--out", str(tmp_path)])

@@ -2,6 +2,7 @@
 else changed: the top-dimension KL, added as a declaration and its measuring function alone."""
 import json
 
+import pytest
 import torch
 
 import evaluate
@@ -9,6 +10,8 @@ import train
 from vaestudy.checkpoints import load_run
 from vaestudy.data import load_splits
 from vaestudy.metrics import METRICS
+
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
 
 
 def test_a_declared_metric_reaches_results_json_and_results_md(mnist_dir, tmp_path):

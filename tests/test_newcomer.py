@@ -75,6 +75,7 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
         "into FOLDER/MNIST/raw)"]
 
 
+@pytest.mark.slow
 def test_logs_have_one_plain_line_per_epoch_with_the_sweeps_place(mnist_dir, tmp_path):
     """Away from a terminal (a log, a pipe) no bar is drawn: no carriage returns or cursor moves, and
     each epoch is one line naming the loss optimised and the sweep's progress."""
@@ -94,6 +95,7 @@ def test_logs_have_one_plain_line_per_epoch_with_the_sweeps_place(mnist_dir, tmp
     assert result.returncode == 0 and "\r" not in result.stderr and "\x1b" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_short_runs_row_says_its_epochs_and_skips_the_study_comparison(mnist_dir, tmp_path):
     """The study's configuration (no variant) for 1 epoch: its row says 1, the selection says it
     chose among short runs, and the comparison with the study's 50-epoch numbers is left out."""

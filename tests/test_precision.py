@@ -16,6 +16,8 @@ from vaestudy.device import check_precision
 from vaestudy.runs import TrainConfig
 from vaestudy.step import make_optimizer, make_step
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 TINY = ["--latent", "2", "--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu"]
 FOLDER = "hidden_32_batch-size_128_limit_512"
 

@@ -15,6 +15,8 @@ import evaluate
 import train
 from vaestudy.cli import UserError
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vae", "--limit", "512", "--batch-size", "128", "--hidden", "32", "--device", "cpu"]
 FOLDER = os.path.join("VAE", "hidden_32_batch-size_128_limit_512")

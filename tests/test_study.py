@@ -3,6 +3,7 @@ README's main table as results.json has it."""
 import json
 import os
 
+import pytest
 import torch
 from PIL import Image
 
@@ -11,6 +12,8 @@ import train
 from vaestudy import published, report, stats
 from vaestudy.checkpoints import load_checkpoint
 from vaestudy.data import load_splits
+
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,6 +5,8 @@ import torch
 import train
 from vaestudy import training
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 # Every way a tensor's value reaches Python, each of which makes the host wait for an accelerator:
 # item/tolist/numpy, float()/int()/bool() (and so `if t:`), and copies to the CPU.
 READS = ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__", "cpu")

@@ -45,6 +45,7 @@ def test_the_curves_are_the_history_and_a_resume_continues_them(mnist_dir, tmp_p
     assert "tensorboard" in str(tensorboard_folder(str(path))) and path.stem in tensorboard_folder(str(path))
 
 
+@pytest.mark.slow
 def test_a_run_killed_between_two_saves_writes_no_epoch_twice(mnist_dir, tmp_path):
     """The events of epochs 3 and 4 were written, the checkpoint was last saved at epoch 2 (as a kill
     between two saves leaves it): the resumed run's epochs 3 to 5 replace them."""

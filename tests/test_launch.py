@@ -158,3 +158,16 @@ def test_submitit_is_imported_for_launchers_only(mnist_dir, tmp_path):
                              "--data-dir", mnist_dir, "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_slurm_installed_but_not_configured_is_one_line_naming_the_ways_on(mnist_dir, tmp_path, monkeypatch):
+    """sbatch without a slurm.conf, as Debian's slurm-wlm leaves it, printed its DNS lookup errors."""
+    fake_slurm(tmp_path, monkeypatch)
+    (tmp_path / "bin" / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+        "echo 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    with pytest.raises(UserError, match=r"^sbatch found no SLURM cluster: SLURM is installed here but not configured "
+                                        r".*scripts/local_slurm.sh .*--launcher local runs the jobs here$"):
+        train.main([*TINY, "--latent", "2", "--epochs", "1", "--data-dir", mnist_dir, "--out", str(tmp_path / "out"),
+                    "--launcher", "slurm"])

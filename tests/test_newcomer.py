@@ -90,7 +90,7 @@ def test_logs_have_one_plain_line_per_epoch_with_the_sweeps_place(mnist_dir, tmp
                                 "of 2: loss ")
     assert epochs[-1].startswith("run 2 of 2, VAE (hidden 16, recon bce, batch-size 128, limit 256) latent 3: epoch 2")
     assert "(bce + KL), train MSE " in epochs[0] and "; sweep: 1 of 4 epochs done, about " in epochs[0]
-    assert "; sweep: 4 of 4 epochs done, about 0 min left" in epochs[-1]
+    assert "; sweep: 4 of 4 epochs done, about 0 s left" in epochs[-1]
     result = cli("evaluate.py", "--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier")
     assert result.returncode == 0 and "\r" not in result.stderr and "\x1b" not in result.stderr, result.stderr
 

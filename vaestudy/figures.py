@@ -137,8 +137,10 @@ def plot_decoding_grid(name, manifold_model, sample_model, train_x, seed, path):
         # rows run from high to low second coordinate, so the picture reads like a plot
         grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2).to(mean.device)
         images = decode(manifold_model, mean + grid @ scale.T)
+        # with latent 2 selected, random samples would be drawn from the decoder the grid already shows
+        alone = "" if sample_model is not None else " (the selected size: no samples panel beside it)"
         show_grid(axes.pop(0), images, nrow=GRID_SIDE,
-                  title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles")
+                  title=f"latent 2: a {GRID_SIDE} x {GRID_SIDE} grid of its 5%-95% quantiles{alone}")
     if sample_model is not None:
         images = generate(sample_model, train_x, 100, seed)
         show_grid(axes.pop(0), images, nrow=10, title=f"latent {sample_model.config.latent}: 100 random samples")
@@ -235,8 +237,8 @@ def draw(name, seeds_by_latent, folder, splits, shown, selected, seed, dataset=M
     runs = [seeds[0] for seeds in seeds_by_latent.values()]
     vae = runs[0].config.model == "vae"
     mse = "MSE per pixel" + (", one sampled z" if vae else "")
-    plot_curves(seeds_by_latent, "train_mse", mse, f"{name}: training loss", os.path.join(folder, "train_MSE.jpg"))
-    plot_curves(seeds_by_latent, "val_mse", mse, f"{name}: validation loss", os.path.join(folder, "val_MSE.jpg"))
+    plot_curves(seeds_by_latent, "train_mse", mse, f"{name}: training MSE", os.path.join(folder, "train_MSE.jpg"))
+    plot_curves(seeds_by_latent, "val_mse", mse, f"{name}: validation MSE", os.path.join(folder, "val_MSE.jpg"))
     if vae:
         plot_curves(seeds_by_latent, "val_kl", "KL divergence per image (nats)", f"{name}: validation KL divergence",
                     os.path.join(folder, "validation_KL_Divergence.jpg"), log=False)

@@ -168,6 +168,10 @@ def slurm_jobs(args, argv, places, folder):
 
 def sbatch_refusal(message, args):
     """sbatch's own words, and what to change where the cause is known."""
+    if "configuration source" in message or "DNS SRV lookup failed" in message:  # installed, never configured
+        return ("sbatch found no SLURM cluster: SLURM is installed here but not configured (no slurm.conf, and "
+                "SLURM_CONF unset); on a cluster's login node set SLURM_CONF, or start a one-node cluster with "
+                "scripts/local_slurm.sh (docs/scaling-out.md); --launcher local runs the jobs here")
     said = [line.split("error:", 1)[1].strip() for line in message.splitlines() if "error:" in line]
     text = "sbatch refused the sweep: " + "; ".join(dict.fromkeys(said or [message.strip() or "no reason given"]))
     if "gres" in text.lower() and args.gpus_per_run:

@@ -10,7 +10,7 @@ import time
 import torch
 
 from vaestudy.checkpoints import Writes, epochs_done
-from vaestudy.cli import UserError, import_torchvision, on_terminal, progress
+from vaestudy.cli import UserError, duration, import_torchvision, on_terminal, progress
 
 
 class Stopped(Exception):
@@ -73,7 +73,7 @@ class Sweep:
         if not on_terminal():
             left = (time.perf_counter() - self.start) / self.done * (self.left - self.done)
             print(f"{self.place}, {line}; sweep: {self.done} of {self.left} epochs done, "
-                  f"about {left / 60:.0f} min left", flush=True)
+                  f"about {duration(left)} left", flush=True)
 
 
 GRID_EVERY = 5  # epochs between two reconstruction grids in TensorBoard (and the last epoch's)

@@ -118,4 +118,4 @@ def train_run(args, config, train, path, splits, device, sweep, i):
         if view:
             view.close()
     bar.close()
-    print(f"saved {path}")
+    sweep.bar.write(f"saved {path}")  # above the sweep's bar on a terminal, not across it

@@ -194,3 +194,19 @@ def test_names_and_paths_go_into_the_page_as_text(browser, study, tmp_path):
                                     "s.querySelectorAll('img').length]")
     assert source[0].count(odd) == len(chosen), "each path shown as typed"
     assert source[1:] == [len(chosen), 0], "the only bold text is the models' names; no image element was made"
+
+
+def test_a_fashion_mnist_page_names_its_classes(browser, study, fashion_dir, tmp_path):
+    """One page serves every dataset: its title, legend and captions take the dataset's words from the
+    page's data (vaestudy/datasets.py), here Fashion-MNIST's class names."""
+    from vaestudy.datasets import FASHION_MNIST
+    chosen = explorer_page.page_runs({("vae", ()): {2: [study["runs"]["VAE latent 2"]]}}, {})
+    test = load_splits(fashion_dir, 0, "cpu", dataset="fashion-mnist")["test"]
+    path = tmp_path / "fashion.html"
+    explorer_page.write_page(chosen, test, str(path), FASHION_MNIST)
+    explorer.load_page(browser, str(path))
+    legend = browser.execute_script("return document.getElementById('legend').textContent")
+    assert legend.startswith("class: T-shirt/top") and "Ankle boot" in legend
+    assert browser.title == "Latent explorer: Autoencoder and VAE on Fashion-MNIST"
+    assert browser.execute_script("return document.getElementById('draw-title').textContent") == "Draw an article"
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -306,6 +306,29 @@ def arms_comparison(a_rows, b_rows, latents, metrics, labels):
     return comparison_table([(a_rows[n], b_rows[n]) for n in latents if n in a_rows and n in b_rows], metrics, labels)
 
 
+CONTROL_LATENTS = (20, 50, 100)  # where the study's VAE plateaus, and the KL weight's control was trained
+CONTROL_BETAS = (0.1, 0.033, 0.011)  # 0.011: what the optimal sigma implies at its end (2 sigma^2 at latent 20)
+
+
+def kl_weight_arms(study, calibrated, control):
+    """The arms of the KL weight's control, each {latent: row}: the study's loss (sigma² = 1/2, that is
+    beta 1; results/study), the same loss at each constant beta of CONTROL_BETAS (results/control), and
+    the optimal sigma, whose weight on the KL falls as training goes (results/calibrated)."""
+    return ([("beta 1 (the study's)", rows_of(study))]
+            + [(f"beta {beta:g}", rows_of(control, beta=beta)) for beta in CONTROL_BETAS]
+            + [("optimal sigma", rows_of(calibrated, recon="gaussian-optimal"))])
+
+
+def samples_arms(control):
+    """The arms at latent 20 of results/control, from the largest KL weight to the smallest: the study's
+    loss at each beta trained there, then the optimal sigma."""
+    betas = sorted({float(r["settings"].get("beta", 1.0)) for r in control if r["model"] == "VAE"
+                    and set(r["settings"]) <= {"beta"}}, reverse=True)
+    return ([(f"beta {beta:g}" + (" (the study's)" if beta == 1 else ""),
+              rows_of(control, **({} if beta == 1 else {"beta": beta}))) for beta in betas]
+            + [("optimal sigma", rows_of(control, recon="gaussian-optimal"))])
+
+
 def selection_table(arms, latents):
     """Each arm's selection among the same latent sizes: its validation MSE at each (mean over seeds),
     the rule's pick on the means, and its picks over every combination of one seed per size."""

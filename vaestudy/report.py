@@ -79,6 +79,20 @@ def markdown_tables(summary, dataset=MNIST, brief=False):
     return "\n".join(lines) + "\n"
 
 
+def class_ranking(summary, dataset=MNIST, model_variants=(("Autoencoder", "default"), ("VAE", "default"))):
+    """Per row of the given models' variants, the class with the lowest test MSE and the three with the
+    highest (z = mu, mean over the seeds): which images are easy and hard to reconstruct."""
+    lines = [f"| model | latent | seeds | easiest {dataset.class_word} | hardest three, hardest first |",
+             "|" + "---|" * 5]
+    for r in summary:
+        if (r["model"], r["variant"]) in model_variants and None not in r["test_mse_per_digit"]:
+            order = sorted(range(len(dataset.classes)), key=lambda c: r["test_mse_per_digit"][c])
+            name = lambda c: f"{dataset.classes[c]} ({r['test_mse_per_digit'][c]:.4f})"
+            lines.append(f"| {r['model']} | {r['latent']} | {len(r['seeds'])} | {name(order[0])} | "
+                         + ", ".join(name(c) for c in reversed(order[-3:])) + " |")
+    return "\n".join(lines) + "\n"
+
+
 HEADLINE_LABELS = {"test_mse_sampled": "MSE, sampled z"}  # shorter, so that the README's lines fit 100 columns
 
 

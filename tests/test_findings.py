@@ -151,3 +151,9 @@ def test_every_run_records_where_it_was_made(mnist_dir, tmp_path, capsys):
     evaluate.main([*out, "--report-only"])
     (entry,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert entry["trained_by"] == "unknown" and entry["measured_by"] == "unknown"
+
+
+def test_a_group_of_one_latent_size_says_there_is_nothing_to_select():
+    summary = [vae_row(20, [0.0168, 0.0166, 0.0168])]
+    line = report.selection_lines(stats.selections(summary), summary)[0]
+    assert line == "VAE: one latent size trained (20): nothing to select"

@@ -165,6 +165,9 @@ def selection_lines(chosen, summary, tolerance=TOLERANCE):
         short = short_of_study(rows)
         note = (f"; among runs of {epochs_words(sorted({e for r in short for e in r['epochs'] if e}))}, the study "
                 f"trained for {STUDY_EPOCHS}") if short else ""
+        if len(rows) == 1:  # the rule has nothing to choose among
+            lines.append(f"{name}: one latent size trained ({rows[0]['latent']}): nothing to select")
+            continue
         counts, n = c.get("combination_counts", []), c.get("combinations", 0)
         seeds = ("; over the " + f"{n:,} combinations of one seed per size: "
                  + ", ".join(f"{latent} in {count / n:.0%}" for latent, count in counts)) if n > 1 else ""

@@ -72,7 +72,7 @@ def test_per_digit_mse_matches_independent_computation(mnist_dir, outputs):
     assert set(results["selection"]) == {f"Autoencoder ({LABEL})", f"VAE ({LABEL})"}
     assert {e["variant"] for e in results["runs"]} == {LABEL}
     table = (outputs / "results.md").read_text()
-    assert table.count("\n| VAE | 2 |") == 2 and "| model | latent | 0 | 1 |" in table
+    assert table.count("\n| VAE | 2 |") == 3 and "| model | latent | 0 | 1 |" in table
 
 
 def test_sampled_z_is_seeded(mnist_dir, outputs):

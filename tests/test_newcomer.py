@@ -97,10 +97,10 @@ def test_logs_have_one_plain_line_per_epoch_with_the_sweeps_place(mnist_dir, tmp
 
 @pytest.mark.slow
 def test_a_short_runs_row_says_its_epochs_and_skips_the_study_comparison(mnist_dir, tmp_path):
-    """The study's configuration (no variant) for 1 epoch: its row says 1, the selection says it
-    chose among short runs, and the comparison with the study's 50-epoch numbers is left out."""
+    """The study's configuration (no variant) for 1 epoch at two sizes: its row says 1, the selection
+    says it chose among short runs, and the comparison with the study's 50-epoch numbers is left out."""
     import evaluate
-    train.main(["--model", "vae", "--latent", "2", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir,
+    train.main(["--model", "vae", "--latent", "2", "3", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir,
                 "--out", str(tmp_path)])
     evaluate.main(["--out", str(tmp_path), "--data-dir", mnist_dir, "--device", "cpu", "--no-classifier"])
     report = (tmp_path / "results.md").read_text()

@@ -138,6 +138,10 @@ def test_calibrated_pages_tables_are_the_committed_results():
     with open(os.path.join(ROOT, "results", "calibrated", "bits_per_dim.json")) as f:
         rows = json.load(f)
     assert_in(report.bits_per_dim_table(rows), "docs/calibrated.md", "bits-per-dimension table")
+    from vaestudy.metrics import gaussian_elbo_bits
+    for row in rows:  # the page says the ELBO column is the formula of the error, the KL and the variance
+        assert row["bits_per_dim_k1"] == pytest.approx(gaussian_elbo_bits(
+            row["test_mse_sampled"], row["test_kl"], row["decoder_sigma"] ** 2, 784), abs=0.01)
 
 
 def test_the_kl_weights_control_tables_are_the_committed_results():

@@ -93,8 +93,8 @@ def load_or_train(path, splits, split_seed, dataset=DEFAULT, epochs=6):
             raise UserError(f"{path} classifies {ckpt.get('dataset', DEFAULT)}, not {dataset}: give --classifier "
                             "another path, or delete it")
         return model.eval(), ckpt["test_accuracy"]
-    print(f"no {DATASETS[dataset].title} classifier at {path}: training one, once, about half a minute on two CPU "
-          "cores (it reads every run's reconstructions and samples)", file=sys.stderr, flush=True)
+    print(f"no {DATASETS[dataset].title} classifier at {path}: training one, once (it reads every run's "
+          "reconstructions and samples)", file=sys.stderr, flush=True)
     model = train_classifier(*splits["train"], epochs=epochs)
     test_accuracy = accuracy(model, *splits["test"])
     weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads anywhere, as the runs' checkpoints do

@@ -413,7 +413,8 @@ METRICS = (
            plot=(f"dead units (exactly 0 for >= {DEAD_FRACTION:.0%} of test images)", "Autoencoder: dead code units"),
            integer=True),
     Metric("classifier_accuracy", "classifier acc.", 4, "a small classifier's accuracy on the test images' "
-           "reconstructions: does the code keep the class (the digit)?", lower_is_better=False, headline=True,
+           "reconstructions: does the code keep the class (the digit, the article of clothing)?",
+           lower_is_better=False, headline=True,
            plot=("accuracy on test reconstructions", "Does the code keep the class?")),
     Metric("frechet_distance", "Frechet dist.", 2, "Frechet distance between the classifier's features of 10,000 "
            "decoded samples (the VAE's z from its prior N(0, I), the Autoencoder's from a full-covariance Gaussian "

@@ -340,14 +340,18 @@ def kl_weight_arms(study, calibrated, control):
             + [("optimal sigma", rows_of(calibrated, recon="gaussian-optimal"))])
 
 
-def samples_arms(control):
-    """The arms at latent 20 of results/control, from the largest KL weight to the smallest: the study's
-    loss at each beta trained there, then the optimal sigma."""
-    betas = sorted({float(r["settings"].get("beta", 1.0)) for r in control if r["model"] == "VAE"
-                    and set(r["settings"]) <= {"beta"}}, reverse=True)
+def samples_arms(summary, base=None):
+    """The VAE's arms of one results.json, from the largest KL weight to the smallest: the study's loss
+    at each beta trained there (its settings `base` besides the beta; results/control has none), then
+    the optimal sigma."""
+    base = base or {}
+    def on_base(settings, extra):
+        return set(settings) - set(base) <= extra and all(settings.get(k) == v for k, v in base.items())
+    betas = sorted({float(r["settings"].get("beta", 1.0)) for r in summary
+                    if r["model"] == "VAE" and on_base(r["settings"], {"beta"})}, reverse=True)
     return ([(f"beta {beta:g}" + (" (the study's)" if beta == 1 else ""),
-              rows_of(control, **({} if beta == 1 else {"beta": beta}))) for beta in betas]
-            + [("optimal sigma", rows_of(control, recon="gaussian-optimal"))])
+              rows_of(summary, **base, **({} if beta == 1 else {"beta": beta}))) for beta in betas]
+            + [("optimal sigma", rows_of(summary, **base, recon="gaussian-optimal"))])
 
 
 def selection_table(arms, latents):

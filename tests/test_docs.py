@@ -171,6 +171,16 @@ def test_the_fashion_mnist_page_is_the_committed_results():
     assert_in(ranking, "docs/fashion-mnist.md", "classes' ranking")
     for line in report.selection_lines(fashion["selection"], summary):
         assert line in page("docs/fashion-mnist.md"), "regenerate the selections from results/fashion-mnist"
+    arms = report.samples_arms(summary, {"precision": "bf16"})
+    assert [label for label, _ in arms][0] == "beta 1 (the study's)" and len(arms) == 3, \
+        "the study's loss, a constant beta, the optimal sigma"
+    for table, what in ((report.arms_table(arms, report.FASHION_LATENTS), "table of the arms"),
+                        (report.plateau_table(arms, report.FASHION_STEPS), "plateau's steps"),
+                        (report.calibration_table(summary, summary), "optimal sigma beside sigma² = 1/2"),
+                        (report.samples_table(arms), "samples' table"),
+                        (report.precision_table(summary, summary), "bf16 beside float32")):
+        assert table.count("\n| ") >= 2, f"the {what} has rows"
+        assert_in(table, "docs/fashion-mnist.md", what)
 
 
 def test_the_five_seeds_and_the_study_split_are_the_committed_results():

@@ -301,7 +301,8 @@ def tested_table(head, items, labels):
     if not items:
         return ""
     n = sum(p is not None for p in adjusted)
-    return "\n".join(lines) + (f"\n\nHolm's adjustment is over the {n} Welch test{'s' * (n != 1)} of this table.\n" if n else "\n")
+    counted = f"\n\nHolm's adjustment is over the {n} Welch test{'s' * (n != 1)} of this table.\n"
+    return "\n".join(lines) + (counted if n else "\n")
 
 
 def rows_of(summary, model="VAE", **settings):

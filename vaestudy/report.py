@@ -348,10 +348,10 @@ def samples_arms(summary, base=None):
     at each beta trained there (its settings `base` besides the beta; results/control has none), then
     the optimal sigma."""
     base = base or {}
-    def on_base(settings, extra):
-        return set(settings) - set(base) <= extra and all(settings.get(k) == v for k, v in base.items())
+    def on_base(settings):  # the base's settings, and at most a beta besides
+        return set(settings) - set(base) <= {"beta"} and all(settings.get(k) == v for k, v in base.items())
     betas = sorted({float(r["settings"].get("beta", 1.0)) for r in summary
-                    if r["model"] == "VAE" and on_base(r["settings"], {"beta"})}, reverse=True)
+                    if r["model"] == "VAE" and on_base(r["settings"])}, reverse=True)
     return ([(f"beta {beta:g}" + (" (the study's)" if beta == 1 else ""),
               rows_of(summary, **base, **({} if beta == 1 else {"beta": beta}))) for beta in betas]
             + [("optimal sigma", rows_of(summary, **base, recon="gaussian-optimal"))])
